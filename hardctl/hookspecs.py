@@ -1,0 +1,46 @@
+"""The hooks a hardctl plugin can implement.
+
+Each hook receives a ``register`` callable and calls it once per thing it contributes, so plugins
+never touch hardctl's registries directly (the pattern of simonw/llm). Hooks fire once, lazily, the
+first time a command needs the registry in question (see :mod:`hardctl.plugins`). The built-in data
+sets, evaluation suites and augmentors are registered through these same hooks by the
+``hardctl_builtins`` package, found through the same ``hardctl`` entry-point group as any plugin.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("hardctl")
+hookimpl = pluggy.HookimplMarker("hardctl")
+
+
+@hookspec
+def register_datasets(register):
+    """Register data-set formats usable as ``--data NAME[:ARG]``.
+
+    Fires when a data spec is first parsed. Call ``register(name, builder, help=..., needs_arg=...)``
+    where ``builder(arg: str | None, **options) -> hardctl.data.ImageDatasets`` returns the
+    train/test tensors of the set. ``needs_arg`` says whether ``NAME:ARG`` must carry an argument
+    (usually a folder). Returns nothing.
+    """
+
+
+@hookspec
+def register_augmentors(register):
+    """Register augmentors usable as ``hardctl distill --augmentor NAME``.
+
+    Fires when an augmentor is first looked up. Call ``register(name, factory, help=...)`` where
+    ``factory(**options) -> torch.nn.Module`` builds a batched, differentiable image-to-image module.
+    Returns nothing.
+    """
+
+
+@hookspec
+def register_eval_suites(register):
+    """Register evaluation suites usable as ``hardctl eval --suite NAME``.
+
+    Fires when ``hardctl eval`` first needs a suite. Call ``register(name, suite, help=...)`` where
+    ``suite(data_spec: str, **options) -> list[hardctl.eval.EvalSet]`` lists the labelled test sets
+    the suite scores. Returns nothing.
+    """
