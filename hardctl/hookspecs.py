@@ -20,7 +20,7 @@ def register_datasets(register):
     """Register data-set formats usable as ``--data NAME[:ARG]``.
 
     Fires when a data spec is first parsed. Call ``register(name, builder, help=..., needs_arg=...)``
-    where ``builder(arg: str | None, **options) -> hardctl.data.ImageDatasets`` returns the
+    where ``builder(arg: str | None) -> hardctl.data.ImageDatasets`` returns the
     train/test tensors of the set. ``needs_arg`` says whether ``NAME:ARG`` must carry an argument
     (usually a folder). Returns nothing.
     """

@@ -1,1 +1,46 @@
-"""placeholder"""
+"""The built-in data-set formats, registered through the same hook as any third-party plugin.
+
+The readers themselves live in :mod:`hardctl.data.formats`; this module only names them for
+``--data NAME[:ARG]`` and says which ones need a folder.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from hardctl import hookimpl
+from hardctl.data import formats
+
+
+@hookimpl
+def register_datasets(register: Callable[..., None]) -> None:
+    register(
+        "digits",
+        formats.load_digits_dataset,
+        help="scikit-learn's 8x8 digits on a 16x16 canvas, built in (1437 train / 360 test)",
+        needs_arg=False,
+    )
+    register(
+        "fashion-mnist",
+        formats.load_fashion_mnist_dataset,
+        help=f"Fashion-MNIST IDX files in DIR (default {formats.FASHION_MNIST_DIR})",
+        needs_arg=False,
+    )
+    register(
+        "mnist",
+        formats.load_mnist_dataset,
+        help="MNIST IDX files (plain or .gz) in DIR or DIR/MNIST/raw",
+        needs_arg=True,
+    )
+    register(
+        "cifar10",
+        formats.load_cifar10_dataset,
+        help="CIFAR-10 python batches in DIR or DIR/cifar-10-batches-py",
+        needs_arg=True,
+    )
+    register(
+        "imagefolder",
+        formats.load_imagefolder_dataset,
+        help="images in DIR/train/CLASS/ and DIR/val/CLASS/ (or test/), decoded lazily",
+        needs_arg=True,
+    )

@@ -1,0 +1,115 @@
+"""Options shared by several commands, declared once, and the code that starts a run.
+
+Defaults come from :class:`~hardctl.config.RunConfig` so that the CLI, the library and the resolved
+``config.toml`` cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hardctl.config import RunConfig
+from hardctl.distill.losses import KD_FORMULA
+from hardctl.errors import UsageError
+
+D = RunConfig()  # the defaults
+DATA, TRAIN, MODEL, KD, RUN, OUTPUT = "Data", "Optimisation", "Models", "Distillation loss", "Run", "Output"
+
+Data = Annotated[str, typer.Option("--data", "-d", rich_help_panel=DATA, help=(
+    "Data spec: digits | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | imagefolder:DIR."))]
+ShiftPx = Annotated[int, typer.Option("--shift-px", rich_help_panel=DATA,
+                                      help="Shift of the shifted test set, in pixels along x and y.")]
+ShiftSeed = Annotated[int, typer.Option("--shift-seed", rich_help_panel=DATA, help="Seed of the shift directions.")]
+Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", rich_help_panel=MODEL, help=(
+    "Start timm-named models from pretrained weights (local Hugging Face cache or network)."))]
+Epochs = Annotated[int, typer.Option("--epochs", "-e", min=1, rich_help_panel=TRAIN, help="Epochs to train.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, rich_help_panel=TRAIN, help="Batch size.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", rich_help_panel=TRAIN, help="adam or adamw.")]
+Lr = Annotated[float, typer.Option("--lr", rich_help_panel=TRAIN, help="Peak learning rate.")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", rich_help_panel=TRAIN, help="Weight decay.")]
+Warmup = Annotated[float, typer.Option("--warmup-epochs", rich_help_panel=TRAIN,
+                                       help="Linear warm-up length in epochs, then cosine decay.")]
+MinLr = Annotated[float, typer.Option("--min-lr", rich_help_panel=TRAIN, help="Learning rate at the end of the cosine.")]
+Temperature = Annotated[float, typer.Option("--temperature", "-T", rich_help_panel=KD, help=f"KD temperature T in {KD_FORMULA}.")]
+KdWeight = Annotated[float, typer.Option("--kd-weight", rich_help_panel=KD, help="Weight of the KD term.")]
+CeWeight = Annotated[float, typer.Option("--ce-weight", rich_help_panel=KD,
+                                         help="Weight of cross-entropy with the labels (0: pure KD, as in the paper).")]
+LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=TRAIN,
+                                               help="Label smoothing of the cross-entropy (train).")]
+Amp = Annotated[str, typer.Option("--amp", rich_help_panel=RUN, help=(
+    "Mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with a loss scaler) | off."))]
+Device = Annotated[str, typer.Option("--device", rich_help_panel=RUN, help="auto | cpu | cuda | cuda:N.")]
+Seed = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of initialisation and data order.")]
+Workers = Annotated[int, typer.Option("--workers", rich_help_panel=RUN, help="DataLoader worker processes.")]
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", rich_help_panel=OUTPUT,
+                                             help="Run directory (default: runs/<command>-<model>-<time>).")]
+Resume = Annotated[Optional[Path], typer.Option("--resume", rich_help_panel=OUTPUT, help=(
+    "Continue the run in this directory from its last checkpoint, with its saved configuration."))]
+Force = Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT, help="Replace an existing run directory.")]
+Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="Print the result as JSON on stdout.")]
+LogEvery = Annotated[int, typer.Option("--log-every", min=1, rich_help_panel=OUTPUT,
+                                       help="Steps between progress lines when stderr is not a terminal.")]
+
+# Options that describe how a run is watched, not what it computes: allowed next to --resume.
+_RUN_CONTROL = {"resume", "json", "out", "force", "log_every", "workers", "device"}
+
+
+def explicit_options(ctx: typer.Context) -> set[str]:
+    """Names of the parameters the user typed (not defaults)."""
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+
+
+def default_out(command: str, model: str) -> Path:
+    short = Path(model).name.replace(".safetensors", "") or "model"
+    return Path("runs") / f"{command}-{short}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def start_run(ctx: typer.Context, cfg: RunConfig, *, out: Path | None, resume: Path | None, force: bool,
+              as_json: bool) -> dict[str, Any]:
+    """Resolve ``--resume``/``--out``, run the trainer and print its summary."""
+    from hardctl.distill.progress import reporter_for
+    from hardctl.distill.trainer import run
+
+    if resume is not None:
+        changed = sorted(explicit_options(ctx) - _RUN_CONTROL)
+        if changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise UsageError(f"--resume continues the saved configuration; drop {flags}",
+                             hint="start a new run with --out to change it")
+        if out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise UsageError("--resume and --out name different folders", hint="drop --out")
+        saved = RunConfig.load(resume)
+        if saved.command != cfg.command:
+            raise UsageError(f"{resume} is a {saved.command!r} run", hint=f"resume it with hardctl {saved.command}")
+        cfg, out = saved, resume
+    out = out or default_out(cfg.command, cfg.model)
+    summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every))
+    print_summary(summary, as_json)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """The result of a run on stdout: JSON, or a small table."""
+    if as_json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{summary['command']} on {summary['data']} ({summary['epochs']} epochs)")
+    table.add_column("model")
+    table.add_column("spec")
+    table.add_column("centered acc %", justify="right")
+    table.add_column("shifted acc %", justify="right")
+    for role in ("teacher", "student"):
+        if role in summary:
+            row = summary[role]
+            table.add_row(role, str(row["spec"]), f"{row['test_acc']:.2f}", f"{row['shifted_acc']:.2f}")
+    console = Console(file=sys.stdout)
+    console.print(table)
+    console.print(f"run directory: {summary['run_dir']}  (best val acc {summary['best_val_acc']:.2f}%)")

@@ -1,0 +1,120 @@
+"""The resolved configuration of a run, written into its run directory and read back on ``--resume``.
+
+One flat dataclass keeps every knob of ``train`` and ``distill`` in one place: the CLI fills it, the
+trainer reads it, and ``config.toml`` in the run directory is its exact image (TOML cannot hold
+``None``, so unset optional values are simply absent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from hardctl.errors import UsageError
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a ``train`` or ``distill`` run."""
+
+    command: str = "train"  # "train" (supervised) or "distill" (KD)
+    data: str = "digits"
+    model: str = "hard_mnist_cnn"  # the model being trained (the student, in distill)
+    teacher: str | None = None
+    pretrained: bool = False  # timm-named teacher/model: start from pretrained weights
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    temperature: float = 5.0
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
+    label_smoothing: float = 0.0
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    shift_px: int = 3
+    shift_seed: int = 0
+    log_every: int = 20
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown config keys {unknown}", hint=f"known keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def validate(self) -> "RunConfig":
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
+            (self.temperature > 0, "--temperature must be positive"),
+            (self.kd_weight >= 0 and self.ce_weight >= 0, "loss weights must be >= 0"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.optimizer in ("adam", "adamw"), "--optimizer must be adam or adamw"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), "--amp must be auto, bf16, fp16 or off"),
+            (self.workers >= 0, "--workers must be >= 0"),
+            (self.shift_px >= 0, "--shift-px must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        if self.command == "distill" and not self.teacher:
+            raise UsageError("distill needs --teacher", hint="pass a run directory, safetensors file or timm name")
+        return self
+
+    def save(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / CONFIG_FILE
+        payload = {"hardctl": {"format": 1}, "run": self.to_dict()}
+        atomic_write_bytes(path, tomli_w.dumps(payload).encode())
+        return path
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunConfig":
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.is_file():
+            raise UsageError(f"{run_dir} is not a hardctl run directory (no {CONFIG_FILE})")
+        try:
+            payload = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot parse {path}: {exc}") from None
+        return cls.from_dict(payload.get("run", {}))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either the old or the new content, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+    tmp.replace(path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -1,0 +1,1 @@
+"""Training and distillation: losses, tasks (what one step computes) and the trainer (the loop)."""

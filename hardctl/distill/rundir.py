@@ -1,0 +1,170 @@
+"""The run directory: its layout, safe creation, metric logs and resumable checkpoints.
+
+Layout of ``RUN/``::
+
+    config.toml            the resolved RunConfig (read back by --resume)
+    steps.jsonl            one JSON object per optimisation step
+    epochs.jsonl           one JSON object per epoch (losses, accuracies, lr, time)
+    model.safetensors      the student's best-validation weights with metadata (what ``RUN`` loads as)
+    last.safetensors       the student's weights after the last finished epoch
+    checkpoints/last.pt    full training state after the last finished epoch (for --resume)
+    checkpoints/best.pt    full training state at the best validation accuracy
+    summary.json           final metrics
+    log.txt                the run's log lines
+
+Every file is replaced atomically (temp file + rename), so an interrupted run leaves the previous
+version intact. The teacher is never written: a checkpoint holds what the run trains, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hardctl.config import CONFIG_FILE
+from hardctl.errors import CheckpointError, UsageError
+
+MODEL_FILE = "model.safetensors"
+LAST_MODEL_FILE = "last.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def prepare_run_dir(out: Path, *, resume: bool = False, force: bool = False) -> Path:
+    """Create ``out`` for a new run (or check it for a resumed one) before any work is done.
+
+    A non-empty folder is refused unless resuming or ``force`` is given; ``force`` only ever deletes
+    a folder that is itself a hardctl run, never arbitrary user files.
+    """
+    out = Path(out).expanduser()
+    if resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise UsageError(f"cannot resume: {out} is not a hardctl run directory (no {CONFIG_FILE})")
+        if not (out / CHECKPOINT_DIR / "last.pt").is_file():
+            raise UsageError(f"cannot resume: {out} has no {CHECKPOINT_DIR}/last.pt yet", hint="start it again with --force")
+        _check_writable(out)
+        return out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder", hint="pick another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UsageError(
+                f"--out {out} already exists and is not empty",
+                hint="pass --resume to continue it, --force to replace it, or pick another --out",
+            )
+        if not (out / CONFIG_FILE).is_file():
+            raise UsageError(f"--force refuses to delete {out}: it is not a hardctl run directory", hint="pick another --out")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out {out}: {exc.strerror or exc}", hint="pick a writable folder") from None
+    _check_writable(out)
+    return out
+
+
+def _check_writable(folder: Path) -> None:
+    probe = folder / f".hardctl-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}", hint="pick a writable --out") from None
+
+
+class JsonlLog:
+    """Append-only JSON-lines log that can be cut back to a step when a run resumes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, key: str, value: int) -> None:
+        """Drop records whose ``key`` exceeds ``value`` (written after the checkpoint we resume from)."""
+        kept = [r for r in self.read() if r.get(key, 0) <= value]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        tmp.replace(self.path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from, in a form ``torch.load(weights_only=True)`` accepts."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(_plain_to_numpy_state(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _plain_to_numpy_state(state: dict[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, state["pos"], state["has_gauss"], state["cached"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file, then rename: a crash mid-write keeps the old checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a training checkpoint without unpickling anything but tensors and plain containers."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"no checkpoint at {path}") from None
+    except Exception as exc:  # truncated zip, foreign pickle, ...
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}", hint="it is damaged; start the run again with --force"
+        ) from None
+
+
+class RunLog:
+    """The run's human-readable log: written to ``log.txt`` and echoed through ``echo``."""
+
+    def __init__(self, path: Path | None, echo=None):
+        self.path = Path(path) if path else None
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        if self.echo is not None:
+            self.echo(message)
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")

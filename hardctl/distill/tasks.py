@@ -1,0 +1,74 @@
+"""What one training step computes, as modules that own their loss (timm's ``TrainingTask`` idea).
+
+A task takes a batch of pixels in ``[0, 1]`` and labels and returns ``{"loss", "logits", ...}``. Each
+model normalises its own input with its own mean/std, so a teacher trained with other statistics than
+the student gets correctly re-normalised pixels (timm's ``DistillationTeacher.normalize_input``).
+Only ``task.student`` is trained; under DDP only it is wrapped, and only it is checkpointed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hardctl.distill.losses import kd_loss
+from hardctl.models import InputNormalize, ModelInfo
+
+
+class SupervisedTask(nn.Module):
+    """Plain supervised training with cross-entropy: the paper's "Teacher only"/"Student only" rows."""
+
+    def __init__(self, student: nn.Module, info: ModelInfo, *, label_smoothing: float = 0.0):
+        super().__init__()
+        self.student = student
+        self.student_normalize = InputNormalize(info.mean, info.std)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.student(self.student_normalize(images))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return {"loss": loss, "logits": logits, "ce": loss.detach()}
+
+
+class DistillTask(nn.Module):
+    """Knowledge distillation from a frozen teacher (see :mod:`hardctl.distill.losses`)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        student_info: ModelInfo,
+        teacher: nn.Module,
+        teacher_info: ModelInfo,
+        *,
+        temperature: float,
+        kd_weight: float = 1.0,
+        ce_weight: float = 0.0,
+    ):
+        super().__init__()
+        self.student = student
+        self.student_normalize = InputNormalize(student_info.mean, student_info.std)
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_normalize = InputNormalize(teacher_info.mean, teacher_info.std)
+        self.temperature, self.kd_weight, self.ce_weight = temperature, kd_weight, ce_weight
+
+    def train(self, mode: bool = True) -> "DistillTask":
+        super().train(mode)
+        self.teacher.eval()  # dropout/batch-norm of the teacher stay frozen while the student trains
+        return self
+
+    @torch.no_grad()
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.teacher(self.teacher_normalize(images))
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.student(self.student_normalize(images))
+        parts = kd_loss(
+            logits,
+            self.teacher_logits(images),
+            labels,
+            temperature=self.temperature,
+            kd_weight=self.kd_weight,
+            ce_weight=self.ce_weight,
+        )
+        return {**parts, "logits": logits}

@@ -1,0 +1,326 @@
+"""One trainer for ``hardctl train`` and ``hardctl distill``.
+
+:func:`build` turns a :class:`~hardctl.config.RunConfig` into models, data, task and optimiser;
+:class:`Trainer` runs the loop. The step itself (``Trainer.step``) fits on one screen: forward under
+autocast, finite-loss check, (scaled) backward, optimiser and scheduler step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hardctl.config import RunConfig, atomic_write_json
+from hardctl.data import DataBundle, load_data
+from hardctl.distill import rundir
+from hardctl.distill.progress import Reporter
+from hardctl.distill.sampling import DistInfo, EpochSampler
+from hardctl.distill.tasks import DistillTask, SupervisedTask
+from hardctl.errors import TrainingError, UsageError
+from hardctl.eval import accuracy, autocast_for
+from hardctl.models import InputNormalize, ModelInfo, describe, load_model, save_model
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available", hint="use --device cpu")
+    return device
+
+
+def select_amp(requested: str, device: torch.device) -> str:
+    """``auto`` is bf16 on a CUDA device that supports it and off elsewhere (CPU autocast is slow)."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "off"
+
+
+def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine annealing down to ``min_ratio``."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def check_compatible(role: str, spec: str, info: ModelInfo, data: DataBundle) -> None:
+    """A model loaded from a file must predict the data's classes from the data's channels."""
+    if info.num_classes != data.num_classes:
+        raise UsageError(
+            f"{role} {spec} predicts {info.num_classes} classes but data {data.spec!r} has {data.num_classes}",
+            hint=f"use a {role} trained on this data",
+        )
+    if info.in_chans != data.in_chans:
+        raise UsageError(
+            f"{role} {spec} takes {info.in_chans}-channel images but data {data.spec!r} has {data.in_chans}",
+            hint=f"use a {role} trained on this data",
+        )
+
+
+@dataclass
+class Components:
+    """Everything :func:`build` makes from a config."""
+
+    cfg: RunConfig
+    data: DataBundle
+    task: nn.Module
+    student_info: ModelInfo
+    teacher_info: ModelInfo | None
+    device: torch.device
+    amp: str
+    notes: list[str] = field(default_factory=list)
+
+
+def build(cfg: RunConfig) -> Components:
+    """Load data and models for ``cfg`` and wire them into a task. Raises on incompatible inputs."""
+    cfg.validate()
+    device = select_device(cfg.device)
+    data = load_data(cfg.data, shift_px=cfg.shift_px, shift_seed=cfg.shift_seed)
+    torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
+    shape = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size)
+    pretrained_student = cfg.pretrained and cfg.command == "train"
+    student, student_info = load_model(cfg.model, pretrained=pretrained_student, **shape)
+    check_compatible("model" if cfg.command == "train" else "student", cfg.model, student_info, data)
+    notes = [f"student: {describe(student_info)}"]
+    teacher_info = None
+    if cfg.command == "train":
+        task: nn.Module = SupervisedTask(student, student_info, label_smoothing=cfg.label_smoothing)
+    else:
+        teacher, teacher_info = load_model(cfg.teacher, pretrained=cfg.pretrained, **shape)
+        if teacher_info.source == "timm" and not cfg.pretrained:
+            raise UsageError(
+                f"teacher {cfg.teacher!r} is a bare architecture with random weights",
+                hint="pass a run directory or .safetensors file, or add --pretrained",
+            )
+        check_compatible("teacher", cfg.teacher, teacher_info, data)
+        notes.append(f"teacher: {describe(teacher_info)}")
+        if (teacher_info.mean, teacher_info.std) != (student_info.mean, student_info.std):
+            notes.append(
+                f"inputs are re-normalised for the teacher: mean {teacher_info.mean} std {teacher_info.std} "
+                f"(student: mean {student_info.mean} std {student_info.std})"
+            )
+        task = DistillTask(student, student_info, teacher, teacher_info, temperature=cfg.temperature,
+                           kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight)
+    task.to(device)
+    _probe(task, data, device)
+    return Components(cfg, data, task, student_info, teacher_info, device, select_amp(cfg.amp, device), notes)
+
+
+def _probe(task: nn.Module, data: DataBundle, device: torch.device) -> None:
+    """One forward pass on two validation images, so a shape mismatch fails now with a clear message."""
+    images = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)
+    labels = torch.zeros(len(images), dtype=torch.long, device=device)
+    try:
+        with torch.no_grad():
+            task.eval()(images, labels)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UsageError(
+            f"the models cannot take {tuple(images.shape[1:])} images from {data.spec!r}: {first}",
+            hint="pick models built for this input size",
+        ) from None
+
+
+class Trainer:
+    """The training loop, its checkpoints and its logs for one run directory."""
+
+    def __init__(self, parts: Components, run_dir: Path, *, reporter: Reporter | None = None,
+                 dist: DistInfo | None = None):
+        self.parts, self.cfg, self.run_dir = parts, parts.cfg, Path(run_dir)
+        self.dist = dist or DistInfo.from_env()
+        if self.dist.world_size > 1:
+            raise UsageError("multi-process (torchrun) training is not supported yet", hint="run a single process")
+        self.reporter = reporter or Reporter()
+        self.task, self.device, self.amp = parts.task, parts.device, parts.amp
+        self.student = self.task.student
+        self.sampler = EpochSampler(len(parts.data.train), seed=self.cfg.seed, dist=self.dist)
+        self.loader = DataLoader(parts.data.train, batch_size=self.cfg.batch_size, sampler=self.sampler,
+                                 num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        steps_per_epoch = len(self.loader)
+        self.total_steps = steps_per_epoch * self.cfg.epochs
+        warmup = int(round(self.cfg.warmup_epochs * steps_per_epoch))
+        min_ratio = self.cfg.min_lr / self.cfg.lr
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, warmup_steps=warmup, total_steps=self.total_steps, min_ratio=min_ratio)
+        )
+        # A loss scaler only makes sense for fp16: bf16 has float32's exponent range.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.epoch, self.step_count, self.best_val = 0, 0, -1.0
+        main = self.dist.is_main
+        self.steps_log = rundir.JsonlLog(self.run_dir / "steps.jsonl") if main else None
+        self.epochs_log = rundir.JsonlLog(self.run_dir / "epochs.jsonl") if main else None
+        self.log = rundir.RunLog(self.run_dir / "log.txt" if main else None, self.reporter.log if main else None)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with autocast_for(self.device, self.amp):
+            out = self.task(images, labels)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            last = self.run_dir / rundir.CHECKPOINT_DIR / "last.pt"
+            kept = f"; the last good checkpoint {last} is intact" if last.is_file() else ""
+            raise TrainingError(
+                f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step_count + 1}{kept}",
+                hint="lower --lr, or use --amp off",
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step_count += 1
+        hits = (out["logits"].detach().argmax(-1) == labels).float().mean()
+        metrics = {k: float(v.detach()) for k, v in out.items() if k != "logits"}
+        return {**metrics, "train_acc": 100.0 * float(hits)}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        for note in self.parts.notes:
+            self.log(note)
+        self.log(f"device {self.device}, amp {self.amp}, {len(self.parts.data.train)} train / "
+                 f"{len(self.parts.data.val)} val images, {len(self.loader)} steps per epoch")
+        for epoch in range(self.epoch, self.cfg.epochs):
+            self.epoch = epoch
+            self.sampler.set_epoch(epoch)
+            self.task.train()
+            self.reporter.start_epoch(epoch + 1, self.cfg.epochs, len(self.loader))
+            started, sums, count = time.perf_counter(), {}, 0
+            for images, labels in self.loader:
+                metrics = self.step(images, labels)
+                count += 1
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                record = {"step": self.step_count, "epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], **metrics}
+                if self.steps_log is not None:
+                    self.steps_log.append(record)
+                self.reporter.step(record)
+            val = self.evaluate(self.parts.data.val)
+            record = {"epoch": epoch + 1, "step": self.step_count, "val_acc": val["acc"], "val_loss": val["loss"],
+                      "lr": self.scheduler.get_last_lr()[0], "time_s": round(time.perf_counter() - started, 3),
+                      **{f"train_{k}" if not k.startswith("train_") else k: v / max(1, count) for k, v in sums.items()}}
+            self.end_epoch(record)
+        return self.finish()
+
+    def evaluate(self, dataset, model: nn.Module | None = None, normalize: nn.Module | None = None) -> dict[str, float]:
+        model = model if model is not None else self.student
+        normalize = normalize if normalize is not None else self.task.student_normalize
+        return accuracy(model, dataset, normalize=normalize, device=self.device,
+                        batch_size=max(256, self.cfg.batch_size), amp=self.amp)
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        improved = record["val_acc"] > self.best_val
+        if improved:
+            self.best_val = record["val_acc"]
+        record["best_val_acc"] = self.best_val
+        if self.dist.is_main:
+            self.epochs_log.append(record)
+            extra = {"data": self.cfg.data, "epoch": str(record["epoch"]), "val_acc": f"{record['val_acc']:.4f}"}
+            state = self.state_dict()
+            save_model(self.student, self.parts.student_info, self.run_dir / rundir.LAST_MODEL_FILE, extra=extra)
+            if improved:
+                save_model(self.student, self.parts.student_info, self.run_dir / rundir.MODEL_FILE, extra=extra)
+                rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "best.pt", state)
+            # last.pt goes last: once it names an epoch, everything that epoch wrote is on disk.
+            rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "last.pt", state)
+        self.reporter.end_epoch(record)
+        self.log(f"epoch {record['epoch']}/{self.cfg.epochs}: loss {record['train_loss']:.4f} "
+                 f"val acc {record['val_acc']:.2f}% (best {self.best_val:.2f}%) in {record['time_s']:.1f}s")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch + 1,  # epochs finished
+            "step": self.step_count,
+            "best_val": self.best_val,
+            "rng": rundir.rng_state(),
+        }
+
+    def resume(self) -> None:
+        """Continue from ``checkpoints/last.pt``: weights, optimiser, schedule, scaler, RNG and logs."""
+        state = rundir.load_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "last.pt")
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_count, self.best_val = state["epoch"], state["step"], state["best_val"]
+        rundir.set_rng_state(state["rng"])
+        if self.dist.is_main:  # forget what an interrupted epoch logged after the checkpoint
+            self.steps_log.truncate_after("step", self.step_count)
+            self.epochs_log.truncate_after("epoch", self.epoch)
+        self.log(f"resuming after epoch {self.epoch} (step {self.step_count}, best val acc {self.best_val:.2f}%)")
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> dict[str, Any]:
+        """Score the best weights (and the teacher) on the centered and shifted test sets."""
+        data = self.parts.data
+        best = self.run_dir / rundir.MODEL_FILE
+        if best.is_file():
+            from safetensors.torch import load_file
+
+            self.student.load_state_dict(load_file(best, device=str(self.device)))
+        summary: dict[str, Any] = {
+            "command": self.cfg.command,
+            "data": self.cfg.data,
+            "epochs": self.cfg.epochs,
+            "steps": self.step_count,
+            "best_val_acc": self.best_val,
+            "student": {"spec": self.cfg.model, "arch": self.parts.student_info.arch,
+                        "test_acc": self.evaluate(data.test)["acc"],
+                        "shifted_acc": self.evaluate(data.shifted_test)["acc"]},
+            "run_dir": str(self.run_dir),
+        }
+        if isinstance(self.task, DistillTask):
+            teacher, norm = self.task.teacher, self.task.teacher_normalize
+            summary["teacher"] = {"spec": self.cfg.teacher, "arch": self.parts.teacher_info.arch,
+                                  "test_acc": self.evaluate(data.test, teacher, norm)["acc"],
+                                  "shifted_acc": self.evaluate(data.shifted_test, teacher, norm)["acc"]}
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "summary.json", summary)
+        self.log(f"done: test acc {summary['student']['test_acc']:.2f}%, shifted {summary['student']['shifted_acc']:.2f}%")
+        return summary
+
+
+def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
+        reporter: Reporter | None = None) -> dict[str, Any]:
+    """Build, train and summarise one run in ``out`` (the library entry point behind the CLI)."""
+    cfg.validate()
+    out = Path(out).expanduser()
+    created = not out.exists()
+    run_dir = rundir.prepare_run_dir(out, resume=resume, force=force)
+    try:
+        parts = build(cfg)
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that never started leaves nothing behind
+        raise
+    if not resume:
+        cfg.save(run_dir)
+    trainer = Trainer(parts, run_dir, reporter=reporter)
+    if resume:
+        trainer.resume()
+        if trainer.epoch >= cfg.epochs:
+            raise UsageError(f"{run_dir} has already finished its {cfg.epochs} epochs", hint="start a new run with --out")
+    return trainer.fit()
+
+
+__all__ = ["RunConfig", "Trainer", "build", "run", "select_device", "select_amp", "lr_lambda", "InputNormalize"]

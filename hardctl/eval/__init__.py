@@ -1,0 +1,78 @@
+"""Scoring classifiers on labelled image sets.
+
+:func:`accuracy` streams a data set through a model (batched, no gradients, autocast on CUDA) and
+counts top-1 hits. Evaluation suites, registered by plugins through
+:func:`hardctl.hookspecs.register_eval_suites`, turn a data spec into a list of :class:`EvalSet`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hardctl import plugins
+
+__all__ = ["EvalSet", "accuracy", "run_suite", "autocast_for"]
+
+
+@dataclass
+class EvalSet:
+    """One labelled test set of a suite."""
+
+    name: str
+    dataset: Dataset
+    description: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+def autocast_for(device: torch.device, amp: str):
+    """The autocast context for ``amp`` in ``{"bf16", "fp16", "off"}`` on ``device``."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    normalize: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    amp: str = "off",
+    workers: int = 0,
+) -> dict[str, float]:
+    """Top-1 accuracy (in %) and mean cross-entropy of ``model`` on ``dataset``."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    correct, total, loss_sum = 0, 0, 0.0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if normalize is not None:
+            images = normalize(images)
+        with autocast_for(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
+        total += labels.numel()
+    model.train(was_training)
+    if total == 0:
+        return {"acc": float("nan"), "loss": float("nan"), "n": 0}
+    return {"acc": 100.0 * correct / total, "loss": loss_sum / total, "n": total}
+
+
+def run_suite(name: str, data_spec: str, **options) -> list[EvalSet]:
+    """The test sets of suite ``name`` for ``data_spec`` (suites come from plugins)."""
+    return plugins.eval_suites.get(name).obj(data_spec, **options)

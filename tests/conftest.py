@@ -1,0 +1,52 @@
+"""Shared fixtures: run the CLI in-process (fast) or as a real subprocess (entry points, env vars)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hardctl.cli import main
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("train", "--model", ...)`` runs ``hardctl`` in this process and returns code/stdout/stderr."""
+
+    def run(*args) -> Result:
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(int(exc.value.code or 0), captured.out, captured.err)
+
+    return run
+
+
+def run_subprocess(*args, env: dict | None = None, cwd: Path | None = None) -> Result:
+    """``hardctl`` as users run it: a fresh interpreter, entry points discovered from sys.path."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-c", "from hardctl.cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory) -> Path:
+    """A CNN teacher trained briefly on digits (shared by the tests that need a trained teacher)."""
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", "mnist_cnn", "--data", "digits", "--epochs", "2", "--lr", "3e-3",
+              "--out", str(out)])
+    assert exc.value.code == 0
+    return out

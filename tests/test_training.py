@@ -1,0 +1,117 @@
+"""The trainer: run directory contents, resume equivalence, determinism, schedule, non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from hardctl.config import RunConfig
+from hardctl.distill import rundir
+from hardctl.distill.progress import Reporter
+from hardctl.distill.tasks import SupervisedTask
+from hardctl.distill.trainer import lr_lambda, run
+from hardctl.errors import TrainingError
+
+TINY = dict(data="digits", model="mnist_mlp", epochs=3, batch_size=128, lr=2e-3, warmup_epochs=1.0)
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class InterruptAt(Reporter):
+    """Simulates Ctrl-C in the middle of training, after ``step`` optimisation steps."""
+
+    def __init__(self, step: int):
+        self.at = step
+
+    def step(self, record):
+        if record["step"] == self.at:
+            raise KeyboardInterrupt
+
+
+def test_run_directory_has_every_artifact(tmp_path):
+    summary = run(RunConfig(command="train", **TINY), tmp_path / "run")
+    run_dir = tmp_path / "run"
+    for name in ("config.toml", "steps.jsonl", "epochs.jsonl", "model.safetensors", "last.safetensors",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "summary.json", "log.txt"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.rglob(".*.tmp"))  # atomic writes leave no temp files
+    steps, epochs = read(run_dir / "steps.jsonl"), read(run_dir / "epochs.jsonl")
+    assert len(steps) == 3 * 11 and [s["step"] for s in steps] == list(range(1, 34))  # 1293 images / 128
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert summary["best_val_acc"] == max(e["val_acc"] for e in epochs)
+    with safe_open(run_dir / "model.safetensors", "pt") as fh:
+        meta = fh.metadata()
+    assert meta["arch"] == "hard_mnist_mlp" and meta["num_classes"] == "10" and meta["data"] == "digits"
+    assert RunConfig.load(run_dir) == RunConfig(command="train", **TINY)
+    assert summary["student"]["test_acc"] > 60  # 3 epochs of an MLP on digits already learn something
+
+
+def test_distill_checkpoint_never_contains_the_teacher(tmp_path, digits_teacher):
+    run(RunConfig(command="distill", teacher=str(digits_teacher), **{**TINY, "epochs": 1}), tmp_path / "kd")
+    state = rundir.load_checkpoint(tmp_path / "kd" / "checkpoints" / "last.pt")
+    keys = set(state["student"])
+    assert keys and not any("teacher" in k or k.startswith("conv") for k in keys)
+    with safe_open(tmp_path / "kd" / "model.safetensors", "pt") as fh:
+        assert set(fh.keys()) == keys
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_metrics(tmp_path, digits_teacher):
+    cfg = RunConfig(command="distill", teacher=str(digits_teacher), **TINY)
+    straight = run(cfg, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "resumed", reporter=InterruptAt(step=20))  # in the middle of epoch 2
+    assert [e["epoch"] for e in read(tmp_path / "resumed" / "epochs.jsonl")] == [1]
+    resumed = run(RunConfig.load(tmp_path / "resumed"), tmp_path / "resumed", resume=True)
+    for key in ("best_val_acc", "student", "teacher", "steps"):
+        assert resumed[key] == straight[key], key
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    assert strip(read(tmp_path / "resumed" / "epochs.jsonl")) == strip(read(tmp_path / "straight" / "epochs.jsonl"))
+    assert read(tmp_path / "resumed" / "steps.jsonl") == read(tmp_path / "straight" / "steps.jsonl")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["student"]
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["student"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path):
+    cfg = RunConfig(command="train", **{**TINY, "epochs": 1})
+    first, second = run(cfg, tmp_path / "a"), run(cfg, tmp_path / "b")
+    other = run(RunConfig(command="train", **{**TINY, "epochs": 1, "seed": 1}), tmp_path / "c")
+    assert read(tmp_path / "a" / "steps.jsonl") == read(tmp_path / "b" / "steps.jsonl")
+    assert first["student"] == second["student"]
+    assert read(tmp_path / "a" / "steps.jsonl")[0]["loss"] != read(tmp_path / "c" / "steps.jsonl")[0]["loss"]
+    assert other["steps"] == first["steps"]
+
+
+def test_warmup_then_cosine_schedule():
+    f = lambda s: lr_lambda(s, warmup_steps=4, total_steps=14, min_ratio=0.1)  # noqa: E731
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = SupervisedTask.forward
+    calls = {"n": 0}
+
+    def poisoned(self, images, labels):  # one probe call + 11 good steps, then NaN in epoch 2
+        out = original(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] > 12:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(SupervisedTask, "forward", poisoned)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"the loss became nan at epoch 2, step 12; the last good checkpoint .*last.pt is intact"):
+        run(RunConfig(command="train", **{**TINY, "epochs": 2}), run_dir)
+    state = rundir.load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and state["step"] == 11
+    assert [e["epoch"] for e in read(run_dir / "epochs.jsonl")] == [1]
+    assert not list(run_dir.rglob(".*.tmp"))
