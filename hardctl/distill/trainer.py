@@ -258,6 +258,9 @@ class Trainer:
     def resume(self) -> None:
         """Continue from ``checkpoints/last.pt``: weights, optimiser, schedule, scaler, RNG and logs."""
         state = rundir.load_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "last.pt")
+        if state["epoch"] >= self.cfg.epochs:
+            raise UsageError(f"{self.run_dir} has already finished its {self.cfg.epochs} epochs",
+                             hint="start a new run with --out")
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -318,8 +321,6 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
     trainer = Trainer(parts, run_dir, reporter=reporter)
     if resume:
         trainer.resume()
-        if trainer.epoch >= cfg.epochs:
-            raise UsageError(f"{run_dir} has already finished its {cfg.epochs} epochs", hint="start a new run with --out")
     return trainer.fit()
 
 
