@@ -186,7 +186,7 @@ class PluginManager:
         """Call ``registry``'s hook plugin by plugin so that each registration knows its author."""
         self.load()
         hook = getattr(self.pm.hook, registry.hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # pluggy calls LIFO; keep registration order
+        for impl in hook.get_hookimpls():  # registration order: on a name clash the earlier plugin wins
             plugin_name = impl.plugin_name
             info = self.infos.get(plugin_name)
 
