@@ -14,7 +14,7 @@ from hardctl.distill import rundir
 from hardctl.distill.progress import Reporter
 from hardctl.distill.tasks import SupervisedTask
 from hardctl.distill.trainer import lr_lambda, run
-from hardctl.errors import TrainingError
+from hardctl.errors import TrainingError, UsageError
 
 TINY = dict(data="digits", model="mnist_mlp", epochs=3, batch_size=128, lr=2e-3, warmup_epochs=1.0)
 
@@ -115,3 +115,59 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert state["epoch"] == 1 and state["step"] == 11
     assert [e["epoch"] for e in read(run_dir / "epochs.jsonl")] == [1]
     assert not list(run_dir.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_paths_train_and_only_fp16_scales(tmp_path, amp):
+    from hardctl.distill.trainer import Trainer, build
+
+    parts = build(RunConfig(command="train", **{**TINY, "epochs": 1, "amp": amp}))
+    trainer = Trainer(parts, tmp_path)
+    assert trainer.amp == amp and trainer.scaler.is_enabled() == (amp == "fp16")
+    images, labels = next(iter(trainer.loader))
+    metrics = trainer.step(images, labels)
+    assert math.isfinite(metrics["loss"]) and trainer.step_count == 1
+
+
+def test_teacher_with_other_statistics_gets_renormalised_input(tmp_path, digits_teacher):
+    import dataclasses
+
+    from hardctl.distill.trainer import build
+    from hardctl.models import load_model, save_model
+
+    teacher, info = load_model(str(digits_teacher))
+    odd = dataclasses.replace(info, mean=(0.5,), std=(0.25,))
+    save_model(teacher, odd, tmp_path / "teacher.safetensors")
+    parts = build(RunConfig(command="distill", teacher=str(tmp_path / "teacher.safetensors"), **TINY))
+    assert any("re-normalised for the teacher: mean (0.5,) std (0.25,)" in note for note in parts.notes)
+    x = torch.full((1, 1, 16, 16), 0.75)
+    assert torch.allclose(parts.task.teacher_normalize(x), torch.full_like(x, 1.0))  # (0.75 - 0.5) / 0.25
+    assert torch.equal(parts.task.student_normalize(x), x)  # the MLP takes raw pixels (mean 0, std 1)
+    same = build(RunConfig(command="distill", teacher=str(digits_teacher), **TINY))
+    assert not any("re-normalised" in note for note in same.notes)
+
+
+def test_ranks_split_one_permutation_per_epoch():
+    from hardctl.distill.sampling import DistInfo, EpochSampler
+
+    ranks = [EpochSampler(10, seed=3, dist=DistInfo(rank=r, world_size=3)) for r in range(3)]
+    for epoch in (0, 1):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        parts = [list(s) for s in ranks]
+        assert sorted(sum(parts, [])) == list(range(10))  # disjoint and complete
+        assert [len(p) for p in parts] == [4, 3, 3] == [len(s) for s in ranks]
+    single = EpochSampler(10, seed=3)
+    single.set_epoch(0)
+    first = list(single)
+    single.set_epoch(1)
+    assert list(single) != first
+    single.set_epoch(0)
+    assert list(single) == first
+
+
+def test_torchrun_world_is_refused_until_supported(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="torchrun"):
+        run(RunConfig(command="train", **{**TINY, "epochs": 1}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

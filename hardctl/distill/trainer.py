@@ -311,16 +311,15 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
     created = not out.exists()
     run_dir = rundir.prepare_run_dir(out, resume=resume, force=force)
     try:
-        parts = build(cfg)
+        trainer = Trainer(build(cfg), run_dir, reporter=reporter)
     except BaseException:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that never started leaves nothing behind
         raise
-    if not resume:
-        cfg.save(run_dir)
-    trainer = Trainer(parts, run_dir, reporter=reporter)
     if resume:
         trainer.resume()
+    else:
+        cfg.save(run_dir)
     return trainer.fit()
 
 
