@@ -26,7 +26,7 @@ from torch import nn
 
 import hardctl
 from hardctl import zoo  # noqa: F401  (registers the hard_* architectures in timm's registry)
-from hardctl.errors import CheckpointError, ModelError, did_you_mean
+from hardctl.errors import CheckpointError, ModelError, UsageError, did_you_mean
 
 __all__ = [
     "ALIASES", "InputNormalize", "ModelInfo", "create_model", "describe", "load_model", "resolve_name",
@@ -394,6 +394,15 @@ class InputNormalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={tuple(self.mean.flatten().tolist())}, std={tuple(self.std.flatten().tolist())}"
+
+
+def check_compatible(role: str, spec: str, info: ModelInfo, num_classes: int, in_chans: int, data: str) -> None:
+    """A model loaded from a file must predict the data's classes from the data's channels."""
+    for what, have, want in (("classes", info.num_classes, num_classes), ("channels", info.in_chans, in_chans)):
+        if have != want:
+            verb = "predicts" if what == "classes" else "takes images with"
+            raise UsageError(f"{role} {spec} {verb} {have} {what} but data {data!r} has {want}",
+                             hint=f"use a {role} trained on this data")
 
 
 def describe(info: ModelInfo) -> str:

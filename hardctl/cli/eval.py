@@ -15,6 +15,7 @@ from hardctl.cli import app
 from hardctl.cli.common import MODEL, OUTPUT, Amp, Data, Device, Json, Pretrained, ShiftPx, ShiftSeed
 from hardctl.eval import accuracy, run_suite
 from hardctl.errors import UsageError
+from hardctl.models import check_compatible
 
 Models = Annotated[list[str], typer.Option("--model", "-m", rich_help_panel=MODEL, help=(
     "Run directory, .safetensors file, or timm name (with --pretrained). Repeat to compare models."))]
@@ -37,8 +38,7 @@ def eval_command(
     json: Json = False,
 ) -> None:
     """Score models on the test split of --data (top-1 accuracy, %); --shifted adds the shifted copy."""
-    from hardctl.distill.trainer import check_compatible, select_amp, select_device
-    from hardctl.data import load_data
+    from hardctl.distill.trainer import select_amp, select_device
     from hardctl.models import InputNormalize, load_model
 
     dev = select_device(device)
@@ -46,15 +46,15 @@ def eval_command(
     sets = run_suite(suite, data, shift_px=shift_px, shift_seed=shift_seed)
     if not shifted:
         sets = [s for s in sets if s.name != "shifted"]
-    bundle = load_data(data, shift_px=shift_px, shift_seed=shift_seed)
+    shape = sets[0]
     results = []
     for spec in model:
-        net, info = load_model(spec, pretrained=pretrained, num_classes=bundle.num_classes,
-                               in_chans=bundle.in_chans, img_size=bundle.img_size)
+        net, info = load_model(spec, pretrained=pretrained, num_classes=shape.num_classes,
+                               in_chans=shape.in_chans, img_size=shape.img_size)
         if info.source == "timm" and not pretrained:
             raise UsageError(f"{spec!r} is a bare architecture with random weights",
                              hint="pass a run directory or .safetensors file, or add --pretrained")
-        check_compatible("model", spec, info, bundle)
+        check_compatible("model", spec, info, shape.num_classes, shape.in_chans, data)
         net.to(dev)
         normalize = InputNormalize(info.mean, info.std).to(dev)
         for eval_set in sets:

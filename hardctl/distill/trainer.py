@@ -25,7 +25,7 @@ from hardctl.distill.sampling import DistInfo, EpochSampler
 from hardctl.distill.tasks import DistillTask, SupervisedTask
 from hardctl.errors import TrainingError, UsageError
 from hardctl.eval import accuracy, autocast_for
-from hardctl.models import InputNormalize, ModelInfo, describe, load_model, save_model
+from hardctl.models import InputNormalize, ModelInfo, check_compatible, describe, load_model, save_model
 
 
 def select_device(requested: str) -> torch.device:
@@ -54,20 +54,6 @@ def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def check_compatible(role: str, spec: str, info: ModelInfo, data: DataBundle) -> None:
-    """A model loaded from a file must predict the data's classes from the data's channels."""
-    if info.num_classes != data.num_classes:
-        raise UsageError(
-            f"{role} {spec} predicts {info.num_classes} classes but data {data.spec!r} has {data.num_classes}",
-            hint=f"use a {role} trained on this data",
-        )
-    if info.in_chans != data.in_chans:
-        raise UsageError(
-            f"{role} {spec} takes {info.in_chans}-channel images but data {data.spec!r} has {data.in_chans}",
-            hint=f"use a {role} trained on this data",
-        )
-
-
 @dataclass
 class Components:
     """Everything :func:`build` makes from a config."""
@@ -91,7 +77,8 @@ def build(cfg: RunConfig) -> Components:
     shape = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size)
     pretrained_student = cfg.pretrained and cfg.command == "train"
     student, student_info = load_model(cfg.model, pretrained=pretrained_student, **shape)
-    check_compatible("model" if cfg.command == "train" else "student", cfg.model, student_info, data)
+    check_compatible("model" if cfg.command == "train" else "student", cfg.model, student_info, data.num_classes,
+                     data.in_chans, data.spec)
     notes = [f"student: {describe(student_info)}"]
     teacher_info = None
     if cfg.command == "train":
@@ -103,7 +90,7 @@ def build(cfg: RunConfig) -> Components:
                 f"teacher {cfg.teacher!r} is a bare architecture with random weights",
                 hint="pass a run directory or .safetensors file, or add --pretrained",
             )
-        check_compatible("teacher", cfg.teacher, teacher_info, data)
+        check_compatible("teacher", cfg.teacher, teacher_info, data.num_classes, data.in_chans, data.spec)
         notes.append(f"teacher: {describe(teacher_info)}")
         if (teacher_info.mean, teacher_info.std) != (student_info.mean, student_info.std):
             notes.append(

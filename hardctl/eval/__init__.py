@@ -27,6 +27,9 @@ class EvalSet:
     name: str
     dataset: Dataset
     description: str = ""
+    num_classes: int = 0  # what a model must predict and take to be scored on this set
+    in_chans: int = 0
+    img_size: tuple[int, int] = (0, 0)
     meta: dict = field(default_factory=dict)
 
 

@@ -10,12 +10,14 @@ from hardctl.eval import EvalSet
 def standard_suite(data_spec: str, *, shift_px: int = 3, shift_seed: int = 0) -> list[EvalSet]:
     """The test split of ``data_spec`` and its reproducibly shifted copy (MNIST-C ``translate`` style)."""
     bundle = load_data(data_spec, shift_px=shift_px, shift_seed=shift_seed)
+    shape = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, img_size=bundle.img_size)
     return [
-        EvalSet("centered", bundle.test, f"{bundle.info['name']} test split"),
+        EvalSet("centered", bundle.test, f"{bundle.info['name']} test split", **shape),
         EvalSet(
             "shifted",
             bundle.shifted_test,
             f"{bundle.info['name']} test split shifted by ±{shift_px} px in x and y (seed {shift_seed})",
+            **shape,
             meta={"shift_px": shift_px, "shift_seed": shift_seed},
         ),
     ]

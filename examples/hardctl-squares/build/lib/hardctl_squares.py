@@ -31,7 +31,7 @@ def build_squares(arg):
 
 def corner_suite(data_spec, **options):
     bundle = load_data(data_spec)
-    return [EvalSet("centered", bundle.test, "the unshifted test split")]
+    return [EvalSet("centered", bundle.test, "the unshifted test split", num_classes=4, in_chans=1, img_size=(12, 12))]
 
 
 @hookimpl
