@@ -3,7 +3,7 @@
 Runs the real CLI for every arm and seed and prints a Markdown table of centered and shifted test
 accuracy (mean ± standard error of the mean), plus the JSON of every run.
 
-    python benchmarks/kd_baselines.py --data digits --seeds 0 1 2 --epochs 30 --out runs/baselines-digits
+    python benchmarks/kd_baselines.py --data digits --seeds 0 1 2 --epochs 30 --lr 5e-3 --out runs/baselines-digits
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ def main() -> None:
     parser.add_argument("--student", default="mnist_mlp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--lr", default="5e-3", help="learning rate of every arm")
+    parser.add_argument("--temperature", default="5", help="KD temperature")
     parser.add_argument("--out", type=Path, default=Path("runs/baselines"))
     args = parser.parse_args()
-    common = ["--data", args.data, "--epochs", str(args.epochs), "--force"]
+    common = ["--data", args.data, "--epochs", str(args.epochs), "--lr", args.lr, "--force"]
     rows: dict[str, list[dict]] = {"Teacher only": [], "Student only": [], "KD": []}
     for seed in args.seeds:
         s = ["--seed", str(seed)]
@@ -47,9 +49,11 @@ def main() -> None:
         rows["Teacher only"].append(hardctl("train", "--model", args.teacher, *common, *s, "--out", str(teacher_dir)))
         rows["Student only"].append(hardctl("train", "--model", args.student, *common, *s,
                                             "--out", str(args.out / f"student-{seed}")))
-        rows["KD"].append(hardctl("distill", "--teacher", str(teacher_dir), "--student", args.student, *common, *s,
+        rows["KD"].append(hardctl("distill", "--teacher", str(teacher_dir), "--student", args.student, "-T", args.temperature,
+                                  *common, *s,
                                   "--out", str(args.out / f"kd-{seed}")))
-    print(f"{args.teacher} → {args.student} on {args.data}, {args.epochs} epochs, seeds {args.seeds}\n")
+    print(f"{args.teacher} → {args.student} on {args.data}: {args.epochs} epochs, lr {args.lr}, "
+          f"T {args.temperature}, seeds {args.seeds}\n")
     print("| Method | Centered | Shifted |\n|---|---|---|")
     for name, runs in rows.items():
         print(f"| {name} | {mean_sem([r['student']['test_acc'] for r in runs])} "

@@ -62,6 +62,13 @@ LogEvery = Annotated[int, typer.Option("--log-every", min=1, rich_help_panel=OUT
 _RUN_CONTROL = {"resume", "json", "out", "force", "log_every", "workers", "device"}
 
 
+def config_from_params(command: str, params: dict[str, Any], **renamed: str) -> RunConfig:
+    """A RunConfig from a command's parameters; ``renamed`` maps option names to config fields."""
+    fields = set(RunConfig.__dataclass_fields__)
+    values = {renamed.get(name, name): value for name, value in params.items()}
+    return RunConfig(command=command, **{k: v for k, v in values.items() if k in fields and k != "command"})
+
+
 def explicit_options(ctx: typer.Context) -> set[str]:
     """Names of the parameters the user typed (not defaults)."""
     return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}

@@ -9,8 +9,7 @@ import typer
 from hardctl.cli import app
 from hardctl.cli.common import (MODEL, D, Amp, BatchSize, CeWeight, Data, Device, Epochs, Force, Json, KdWeight,
                                 LogEvery, Lr, MinLr, Optimizer, Out, Pretrained, Resume, Seed, ShiftPx, ShiftSeed,
-                                Temperature, Warmup, WeightDecay, Workers, start_run)
-from hardctl.config import RunConfig
+                                Temperature, Warmup, WeightDecay, Workers, config_from_params, start_run)
 
 Teacher = Annotated[Optional[str], typer.Option("--teacher", "-t", rich_help_panel=MODEL, help=(
     "The frozen teacher: a run directory, a .safetensors file, or a timm name with --pretrained."))]
@@ -56,10 +55,6 @@ def distill(
     pixels with its own mean/std, so a teacher trained with other statistics gets re-normalised input
     (the run log says so). The teacher is never written to the run directory.
     """
-    cfg = RunConfig(command="distill", teacher=teacher, model=student, data=data, temperature=temperature,
-                    kd_weight=kd_weight, ce_weight=ce_weight, epochs=epochs, batch_size=batch_size,
-                    optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                    min_lr=min_lr, pretrained=pretrained, amp=amp, device=device, seed=seed, workers=workers,
-                    shift_px=shift_px, shift_seed=shift_seed, log_every=log_every)
+    cfg = config_from_params("distill", ctx.params, student="model")
     start_run(ctx, cfg, out=out, resume=resume, force=force, as_json=json)
 

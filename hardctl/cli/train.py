@@ -9,8 +9,7 @@ import typer
 from hardctl.cli import app
 from hardctl.cli.common import (MODEL, D, Amp, BatchSize, Data, Device, Epochs, Force, Json, LabelSmoothing,
                                 LogEvery, Lr, MinLr, Optimizer, Out, Pretrained, Resume, Seed, ShiftPx, ShiftSeed,
-                                Warmup, WeightDecay, Workers, start_run)
-from hardctl.config import RunConfig
+                                Warmup, WeightDecay, Workers, config_from_params, start_run)
 
 Model = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL, help=(
     "timm name, alias (mnist_cnn, mnist_mlp, mnist_vit, vit_small, resnet18, ...), .safetensors file or run dir."))]
@@ -49,8 +48,5 @@ def train(
     validation accuracy), last.safetensors, checkpoints/ and summary.json; prints centered and
     shifted test accuracy of the best weights.
     """
-    cfg = RunConfig(command="train", model=model, data=data, epochs=epochs, batch_size=batch_size,
-                    optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                    min_lr=min_lr, label_smoothing=label_smoothing, pretrained=pretrained, amp=amp, device=device,
-                    seed=seed, workers=workers, shift_px=shift_px, shift_seed=shift_seed, log_every=log_every)
+    cfg = config_from_params("train", ctx.params)
     start_run(ctx, cfg, out=out, resume=resume, force=force, as_json=json)
