@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import importlib.util
 import io
 import math
 import pickle
@@ -76,17 +77,34 @@ def _no_arg(name: str, arg: str | None) -> None:
 # --- scikit-learn digits -------------------------------------------------------------------------
 
 
+def _read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``(images n×8×8 in 0..16, labels)`` of scikit-learn's digits.
+
+    Importing scikit-learn takes seconds, longer than a whole digits epoch, so the CSV that
+    ``load_digits`` itself parses (64 pixel columns, then the label) is read straight from the
+    installed package; ``load_digits`` is the fallback should a release move the file.
+    """
+    spec = importlib.util.find_spec("sklearn")  # locates the package without executing it
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        csv = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if csv.is_file():
+            table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
 def load_digits_dataset(arg: str | None = None) -> ImageDatasets:
     """The 1797 8×8 scikit-learn digits on a 16×16 canvas, split 1437 train / 360 test."""
     _no_arg("digits", arg)
-    from sklearn.datasets import load_digits  # imported late: scikit-learn is slow to import
-
-    digits = load_digits()
-    n = len(digits.images)
+    pixels, targets = _read_sklearn_digits()
+    n = len(pixels)
     canvas = np.zeros((n, 1, DIGITS_CANVAS, DIGITS_CANVAS), dtype=np.uint8)
     lo = (DIGITS_CANVAS - 8) // 2
-    canvas[:, 0, lo : lo + 8, lo : lo + 8] = np.round(digits.images * 255.0 / 16.0).astype(np.uint8)
-    images, labels = torch.from_numpy(canvas), torch.as_tensor(digits.target, dtype=torch.long)
+    canvas[:, 0, lo : lo + 8, lo : lo + 8] = np.round(pixels * 255.0 / 16.0).astype(np.uint8)
+    images, labels = torch.from_numpy(canvas), torch.as_tensor(targets, dtype=torch.long)
 
     # The digits ship without a test split; a fixed permutation gives every run the same one.
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
