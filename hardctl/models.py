@@ -405,6 +405,21 @@ def check_compatible(role: str, spec: str, info: ModelInfo, num_classes: int, in
                              hint=f"use a {role} trained on this data")
 
 
+def check_accepts(role: str, spec: str, model: nn.Module, info: ModelInfo, images: torch.Tensor, data: str) -> None:
+    """One no-grad forward pass on a couple of real images, so a model built for another input size
+    fails now with a usage error instead of deep inside a matrix multiplication."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(InputNormalize(info.mean, info.std).to(images.device)(images))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise UsageError(f"{role} {spec} cannot take {tuple(images.shape[1:])} images from {data!r}: {first}",
+                         hint=f"use a {role} built for this input size") from None
+    finally:
+        model.train(was_training)
+
+
 def describe(info: ModelInfo) -> str:
     """One line for logs, e.g.
     ``hard_mnist_cnn: 10 classes, input 1x28x28, mean (0,) std (1,), from timm``.

@@ -6,6 +6,7 @@ import json as jsonlib
 import sys
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,7 +16,7 @@ from hardctl.cli import app
 from hardctl.cli.common import MODEL, OUTPUT, Amp, Data, Device, Json, Pretrained, ShiftPx, ShiftSeed
 from hardctl.eval import accuracy, run_suite
 from hardctl.errors import UsageError
-from hardctl.models import check_compatible
+from hardctl.models import check_accepts, check_compatible
 
 Models = Annotated[list[str], typer.Option("--model", "-m", rich_help_panel=MODEL, help=(
     "Run directory, .safetensors file, or timm name (with --pretrained). Repeat to compare models."))]
@@ -56,6 +57,7 @@ def eval_command(
                              hint="pass a run directory or .safetensors file, or add --pretrained")
         check_compatible("model", spec, info, shape.num_classes, shape.in_chans, data)
         net.to(dev)
+        check_accepts("model", spec, net, info, torch.stack([shape.dataset[0][0]]).to(dev), data)
         normalize = InputNormalize(info.mean, info.std).to(dev)
         for eval_set in sets:
             score = accuracy(net, eval_set.dataset, normalize=normalize, device=dev, batch_size=batch_size, amp=amp)

@@ -25,7 +25,8 @@ from hardctl.distill.sampling import DistInfo, EpochSampler
 from hardctl.distill.tasks import DistillTask, SupervisedTask
 from hardctl.errors import TrainingError, UsageError
 from hardctl.eval import accuracy, autocast_for
-from hardctl.models import InputNormalize, ModelInfo, check_compatible, describe, load_model, save_model
+from hardctl.models import (InputNormalize, ModelInfo, check_accepts, check_compatible, describe, load_model,
+                            save_model)
 
 
 def select_device(requested: str) -> torch.device:
@@ -100,23 +101,12 @@ def build(cfg: RunConfig) -> Components:
         task = DistillTask(student, student_info, teacher, teacher_info, temperature=cfg.temperature,
                            kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight)
     task.to(device)
-    _probe(task, data, device)
+    sample = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)
+    check_accepts("model" if cfg.command == "train" else "student", cfg.model, task.student, student_info, sample,
+                  data.spec)
+    if teacher_info is not None:
+        check_accepts("teacher", cfg.teacher, task.teacher, teacher_info, sample, data.spec)
     return Components(cfg, data, task, student_info, teacher_info, device, select_amp(cfg.amp, device), notes)
-
-
-def _probe(task: nn.Module, data: DataBundle, device: torch.device) -> None:
-    """One forward pass on two validation images, so a shape mismatch fails now with a clear message."""
-    images = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)
-    labels = torch.zeros(len(images), dtype=torch.long, device=device)
-    try:
-        with torch.no_grad():
-            task.eval()(images, labels)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise UsageError(
-            f"the models cannot take {tuple(images.shape[1:])} images from {data.spec!r}: {first}",
-            hint="pick models built for this input size",
-        ) from None
 
 
 class Trainer:
