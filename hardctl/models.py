@@ -420,6 +420,34 @@ def check_accepts(role: str, spec: str, model: nn.Module, info: ModelInfo, image
         model.train(was_training)
 
 
+def load_for_data(
+    role: str,
+    spec: str,
+    *,
+    data: str,
+    num_classes: int,
+    in_chans: int,
+    img_size: tuple[int, int],
+    sample: torch.Tensor,
+    pretrained: bool = False,
+    require_trained: bool = False,
+) -> tuple[nn.Module, ModelInfo]:
+    """Load ``spec`` for data of the given shape, on ``sample``'s device, and check that it fits.
+
+    ``require_trained`` refuses a bare timm architecture without ``--pretrained`` (random weights make
+    no teacher and nothing worth evaluating). ``sample`` is a batch of real images from the data.
+    """
+    model, info = load_model(spec, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
+                             img_size=img_size)
+    if require_trained and info.source == "timm" and not pretrained:
+        raise UsageError(f"{role} {spec!r} is a bare architecture with random weights",
+                         hint="pass a run directory or .safetensors file, or add --pretrained")
+    check_compatible(role, spec, info, num_classes, in_chans, data)
+    model.to(sample.device)
+    check_accepts(role, spec, model, info, sample, data)
+    return model, info
+
+
 def describe(info: ModelInfo) -> str:
     """One line for logs, e.g.
     ``hard_mnist_cnn: 10 classes, input 1x28x28, mean (0,) std (1,), from timm``.

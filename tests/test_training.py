@@ -100,10 +100,10 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     original = SupervisedTask.forward
     calls = {"n": 0}
 
-    def poisoned(self, images, labels):  # one probe call + 11 good steps, then NaN in epoch 2
+    def poisoned(self, images, labels):  # 11 good steps (epoch 1), then NaN
         out = original(self, images, labels)
         calls["n"] += 1
-        if calls["n"] > 12:
+        if calls["n"] > 11:
             out["loss"] = out["loss"] * float("nan")
         return out
 

@@ -15,8 +15,6 @@ import hardctl
 from hardctl.cli import app
 from hardctl.cli.common import MODEL, OUTPUT, Amp, Data, Device, Json, Pretrained, ShiftPx, ShiftSeed
 from hardctl.eval import accuracy, run_suite
-from hardctl.errors import UsageError
-from hardctl.models import check_accepts, check_compatible
 
 Models = Annotated[list[str], typer.Option("--model", "-m", rich_help_panel=MODEL, help=(
     "Run directory, .safetensors file, or timm name (with --pretrained). Repeat to compare models."))]
@@ -40,7 +38,7 @@ def eval_command(
 ) -> None:
     """Score models on the test split of --data (top-1 accuracy, %); --shifted adds the shifted copy."""
     from hardctl.distill.trainer import select_amp, select_device
-    from hardctl.models import InputNormalize, load_model
+    from hardctl.models import InputNormalize, load_for_data
 
     dev = select_device(device)
     amp = select_amp(amp, dev)
@@ -49,15 +47,11 @@ def eval_command(
         sets = [s for s in sets if s.name != "shifted"]
     shape = sets[0]
     results = []
+    sample = torch.stack([shape.dataset[0][0]]).to(dev)
     for spec in model:
-        net, info = load_model(spec, pretrained=pretrained, num_classes=shape.num_classes,
-                               in_chans=shape.in_chans, img_size=shape.img_size)
-        if info.source == "timm" and not pretrained:
-            raise UsageError(f"{spec!r} is a bare architecture with random weights",
-                             hint="pass a run directory or .safetensors file, or add --pretrained")
-        check_compatible("model", spec, info, shape.num_classes, shape.in_chans, data)
-        net.to(dev)
-        check_accepts("model", spec, net, info, torch.stack([shape.dataset[0][0]]).to(dev), data)
+        net, info = load_for_data("model", spec, data=data, num_classes=shape.num_classes, in_chans=shape.in_chans,
+                                  img_size=shape.img_size, sample=sample, pretrained=pretrained,
+                                  require_trained=True)
         normalize = InputNormalize(info.mean, info.std).to(dev)
         for eval_set in sets:
             score = accuracy(net, eval_set.dataset, normalize=normalize, device=dev, batch_size=batch_size, amp=amp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,7 @@ from hardctl.distill.sampling import DistInfo, EpochSampler
 from hardctl.distill.tasks import DistillTask, SupervisedTask
 from hardctl.errors import TrainingError, UsageError
 from hardctl.eval import accuracy, autocast_for
-from hardctl.models import (InputNormalize, ModelInfo, check_accepts, check_compatible, describe, load_model,
-                            save_model)
+from hardctl.models import InputNormalize, ModelInfo, describe, load_for_data, save_model
 
 
 def select_device(requested: str) -> torch.device:
@@ -74,24 +74,18 @@ def build(cfg: RunConfig) -> Components:
     cfg.validate()
     device = select_device(cfg.device)
     data = load_data(cfg.data, shift_px=cfg.shift_px, shift_seed=cfg.shift_seed)
+    sample = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)
+    load = partial(load_for_data, data=data.spec, num_classes=data.num_classes, in_chans=data.in_chans,
+                   img_size=data.img_size, sample=sample)
     torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
-    shape = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size)
-    pretrained_student = cfg.pretrained and cfg.command == "train"
-    student, student_info = load_model(cfg.model, pretrained=pretrained_student, **shape)
-    check_compatible("model" if cfg.command == "train" else "student", cfg.model, student_info, data.num_classes,
-                     data.in_chans, data.spec)
-    notes = [f"student: {describe(student_info)}"]
+    role = "model" if cfg.command == "train" else "student"
+    student, student_info = load(role, cfg.model, pretrained=cfg.pretrained and cfg.command == "train")
+    notes = [f"{role}: {describe(student_info)}"]
     teacher_info = None
     if cfg.command == "train":
         task: nn.Module = SupervisedTask(student, student_info, label_smoothing=cfg.label_smoothing)
     else:
-        teacher, teacher_info = load_model(cfg.teacher, pretrained=cfg.pretrained, **shape)
-        if teacher_info.source == "timm" and not cfg.pretrained:
-            raise UsageError(
-                f"teacher {cfg.teacher!r} is a bare architecture with random weights",
-                hint="pass a run directory or .safetensors file, or add --pretrained",
-            )
-        check_compatible("teacher", cfg.teacher, teacher_info, data.num_classes, data.in_chans, data.spec)
+        teacher, teacher_info = load("teacher", cfg.teacher, pretrained=cfg.pretrained, require_trained=True)
         notes.append(f"teacher: {describe(teacher_info)}")
         if (teacher_info.mean, teacher_info.std) != (student_info.mean, student_info.std):
             notes.append(
@@ -101,11 +95,6 @@ def build(cfg: RunConfig) -> Components:
         task = DistillTask(student, student_info, teacher, teacher_info, temperature=cfg.temperature,
                            kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight)
     task.to(device)
-    sample = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)
-    check_accepts("model" if cfg.command == "train" else "student", cfg.model, task.student, student_info, sample,
-                  data.spec)
-    if teacher_info is not None:
-        check_accepts("teacher", cfg.teacher, task.teacher, teacher_info, sample, data.spec)
     return Components(cfg, data, task, student_info, teacher_info, device, select_amp(cfg.amp, device), notes)
 
 
