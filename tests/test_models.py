@@ -264,3 +264,27 @@ def test_input_normalize_matches_hand_computation() -> None:
     assert torch.allclose(out[0, 0], torch.full((2, 2), 1.0))  # (1 - 0.5) / 0.5
     assert torch.allclose(out[0, 1], torch.full((2, 2), 0.375))  # (1 - 0.25) / 2
     assert norm.mean.shape == (1, 2, 1, 1) and dict(norm.state_dict()) == {}
+
+
+def test_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    """``--pretrained`` offline: timm finds the weights in an HF cache laid out as the hub writes it."""
+    import huggingface_hub.constants as hub_constants
+    import safetensors.torch
+
+    reference = timm.create_model("test_resnet.r160_in1k", pretrained=False)
+    weights = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
+    snapshot = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    safetensors.torch.save_file(weights, str(snapshot / "model.safetensors"))
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # never touch the network
+
+    model, info = create_model("test_resnet.r160_in1k", num_classes=7, in_chans=3, img_size=32, pretrained=True)
+    state = model.state_dict()
+    head = reference.pretrained_cfg["classifier"]
+    body = [k for k in weights if not k.startswith(head + ".")]
+    assert len(body) > 10 and all(torch.equal(state[k], weights[k]) for k in body)  # the cached weights
+    assert state[f"{head}.weight"].shape[0] == 7  # the head was replaced for the data's classes
+    assert info.mean == tuple(reference.pretrained_cfg["mean"])
