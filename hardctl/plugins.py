@@ -14,7 +14,7 @@ import importlib.metadata as md
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pluggy
 
@@ -80,16 +80,18 @@ class Registry:
             manager.call_register_hook(self)
         return self._entries
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: Entry) -> bool:
+        """Add ``entry`` unless its name is taken (then warn); returns whether it was added."""
         entries = self._entries if self._entries is not None else {}
         if entry.name in entries:
             _warn_or_raise(
                 f"{self.noun} {entry.name!r} from plugin {entry.plugin!r} clashes with the one from "
                 f"{entries[entry.name].plugin!r}; keeping the first"
             )
-            return
+            return False
         entries[entry.name] = entry
         self._entries = entries
+        return True
 
     def get(self, name: str) -> Entry:
         entries = self._fill()
@@ -185,16 +187,13 @@ class PluginManager:
     def call_register_hook(self, registry: Registry) -> None:
         """Call ``registry``'s hook plugin by plugin so that each registration knows its author."""
         self.load()
+        for info in self.infos.values():  # a refill (after register/unregister) starts from scratch
+            info.registered.pop(registry.kind, None)
         hook = getattr(self.pm.hook, registry.hook_name)
         for impl in hook.get_hookimpls():  # registration order: on a name clash the earlier plugin wins
             plugin_name = impl.plugin_name
             info = self.infos.get(plugin_name)
-
-            def register(name: str, obj: Any, help: str = "", **meta: Any) -> None:
-                registry.add(Entry(name=name, obj=obj, help=help, plugin=plugin_name, meta=meta))
-                if info is not None:
-                    info.registered.setdefault(registry.kind, []).append(name)
-
+            register = self._register_for(registry, plugin_name, info)
             try:
                 impl.function(register=register)
             except Exception as exc:
@@ -204,6 +203,17 @@ class PluginManager:
                     f"plugin {plugin_name!r} failed in {registry.hook_name}: {type(exc).__name__}: {exc}",
                     exc,
                 )
+
+    @staticmethod
+    def _register_for(registry: Registry, plugin_name: str, info: PluginInfo | None):
+        """The ``register`` callable handed to one plugin: it records who registered what."""
+
+        def register(name: str, obj: Any, help: str = "", **meta: Any) -> None:
+            added = registry.add(Entry(name=name, obj=obj, help=help, plugin=plugin_name, meta=meta))
+            if added and info is not None:
+                info.registered.setdefault(registry.kind, []).append(name)
+
+        return register
 
     def plugin_infos(self) -> list[PluginInfo]:
         """Every plugin, with what it registered in each registry."""

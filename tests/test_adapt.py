@@ -25,7 +25,7 @@ def write_cifar10(folder, n_train=40, n_test=20, seed=0):
 def write_imagefolder(folder, classes=("cat", "dog", "fox"), per_class=6, size=(20, 20), channels=3):
     rng = np.random.default_rng(1)
     for split in ("train", "val"):
-        for label, name in enumerate(classes):
+        for name in classes:
             (folder / split / name).mkdir(parents=True)
             for i in range(per_class):
                 pixels = rng.integers(0, 256, (*size, channels), dtype=np.uint8)

@@ -109,6 +109,9 @@ def test_in_process_registration_and_name_clash_warning():
             names = plugins.datasets.names()
         assert "tiny-extra" in names
         assert plugins.datasets.get("digits").plugin == "builtin_datasets"  # the first registration wins
+        listed = {i.name: i.registered for i in plugins.manager.plugin_infos()}
+        assert listed["extra"] == {"datasets": ["tiny-extra"]}
+        assert listed["builtin_datasets"]["datasets"].count("digits") == 1  # refilled, not appended twice
     finally:
         plugins.manager.unregister("extra")
     assert "tiny-extra" not in plugins.datasets.names()

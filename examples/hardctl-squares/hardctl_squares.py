@@ -16,7 +16,7 @@ def make_squares(n: int, seed: int) -> TensorImages:
     labels = torch.arange(n) % 4
     images = torch.zeros(n, 1, 12, 12, dtype=torch.uint8)
     offsets = torch.randint(0, 3, (n, 2), generator=generator)
-    for i, (label, (dy, dx)) in enumerate(zip(labels.tolist(), offsets.tolist())):
+    for i, (label, (dy, dx)) in enumerate(zip(labels.tolist(), offsets.tolist(), strict=True)):
         y, x = 6 * (label // 2) + dy, 6 * (label % 2) + dx
         images[i, 0, y : y + 4, x : x + 4] = 255
     return TensorImages(images, labels)
