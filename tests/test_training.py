@@ -171,3 +171,25 @@ def test_torchrun_world_is_refused_until_supported(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="torchrun"):
         run(RunConfig(command="train", **{**TINY, "epochs": 1}), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_progress_is_a_rich_bar_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from hardctl.distill.progress import PlainReporter, RichReporter, reporter_for
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert isinstance(reporter_for(Terminal()), RichReporter)
+    stream = io.StringIO()
+    reporter = reporter_for(stream, every=4)
+    assert isinstance(reporter, PlainReporter)
+    reporter.start_epoch(2, 3, 10)
+    for step in range(1, 11):
+        reporter.step({"step": step, "loss": 1.0 / step, "lr": 1e-3})
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" loss")[0] for line in lines] == ["epoch 2/3 step 4/10", "epoch 2/3 step 8/10",
+                                                         "epoch 2/3 step 10/10"]
+    assert "loss 0.2500 lr 1.00e-03" in lines[0]
