@@ -50,7 +50,7 @@ class RunConfig:
     device: str = "auto"
     seed: int = 0
     workers: int = 0
-    shift_px: int = 3
+    shift_px: int | None = None  # None: 3 px per 28 px of image side (see hardctl.data.shift)
     shift_seed: int = 0
     log_every: int = 20
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +79,7 @@ class RunConfig:
             (self.optimizer in ("adam", "adamw"), "--optimizer must be adam or adamw"),
             (self.amp in ("auto", "bf16", "fp16", "off"), "--amp must be auto, bf16, fp16 or off"),
             (self.workers >= 0, "--workers must be >= 0"),
-            (self.shift_px >= 0, "--shift-px must be >= 0"),
+            (self.shift_px is None or self.shift_px >= 0, "--shift-px must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

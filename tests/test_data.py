@@ -182,6 +182,14 @@ def test_load_data_validation_split_is_deterministic():
     assert a.info["val"] == 144 and a.info["source"] == "sklearn.datasets.load_digits"
 
 
+def test_default_shift_keeps_mnist_c_proportion():
+    from hardctl.data.shift import default_shift_px
+
+    assert [default_shift_px(s) for s in [(28, 28), (16, 16), (32, 32), (224, 224), (8, 8)]] == [3, 2, 3, 24, 1]
+    bundle = load_data("digits")
+    assert bundle.info["shift_px"] == 2 and bundle.shifted_test.shift_px == 2
+
+
 def test_shifted_test_moves_each_image_three_pixels_with_zero_fill():
     bundle = load_data("digits", shift_px=3, shift_seed=0)
     for i in range(40):
@@ -192,8 +200,8 @@ def test_shifted_test_moves_each_image_three_pixels_with_zero_fill():
         assert len(matches) == 1, f"image {i} is not a single (±3, ±3) shift"
         assert torch.isclose(shifted.sum(), image.sum())  # the 4 px margin keeps all ink in view
 
-    same = load_data("digits", shift_seed=0).shifted_test
-    other = load_data("digits", shift_seed=1).shifted_test
+    same = load_data("digits", shift_px=3, shift_seed=0).shifted_test
+    other = load_data("digits", shift_px=3, shift_seed=1).shifted_test
     assert all(torch.equal(same[i][0], bundle.shifted_test[i][0]) for i in range(40))
     assert any(not torch.equal(other[i][0], bundle.shifted_test[i][0]) for i in range(40))
 

@@ -32,7 +32,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")] = 256,
     amp: Amp = "auto",
     device: Device = "auto",
-    shift_px: ShiftPx = 3,
+    shift_px: ShiftPx = None,
     shift_seed: ShiftSeed = 0,
     json: Json = False,
 ) -> None:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 
 from hardctl import plugins
 from hardctl.errors import DataError
-from hardctl.data.shift import ShiftedImages
+from hardctl.data.shift import ShiftedImages, default_shift_px
 
 __all__ = ["ImageDatasets", "DataBundle", "TensorImages", "ShiftedImages", "load_data", "parse_spec"]
 
@@ -113,14 +113,16 @@ def validation_split(n: int, fraction: float = VAL_FRACTION, seed: int = SPLIT_S
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
 
-def load_data(spec: str, *, shift_px: int = 3, shift_seed: int = 0) -> DataBundle:
+def load_data(spec: str, *, shift_px: int | None = None, shift_seed: int = 0) -> DataBundle:
     """Everything a run needs from ``--data SPEC``.
 
     The shifted test set moves every test image by ``shift_px`` pixels horizontally and vertically,
-    each direction's sign drawn per image from ``shift_seed`` (MNIST-C's ``translate`` at its default
-    severity 3), with zero fill.
+    each direction's sign drawn per image from ``shift_seed``, with zero fill (MNIST-C's ``translate``).
+    ``None`` scales MNIST-C's 3 px on 28 px to the data's image size (:func:`default_shift_px`).
     """
     sets = build_datasets(spec)
+    if shift_px is None:
+        shift_px = default_shift_px(sets.img_size)
     train_idx, val_idx = validation_split(len(sets.train))
     return DataBundle(
         spec=spec,

@@ -253,6 +253,7 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "steps": self.step_count,
             "best_val_acc": self.best_val,
+            "shift_px": data.info["shift_px"],
             "student": {"spec": self.cfg.model, "arch": self.parts.student_info.arch,
                         "test_acc": self.evaluate(data.test)["acc"],
                         "shifted_acc": self.evaluate(data.shifted_test)["acc"]},

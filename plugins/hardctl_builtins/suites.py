@@ -7,9 +7,10 @@ from hardctl.data import load_data
 from hardctl.eval import EvalSet
 
 
-def standard_suite(data_spec: str, *, shift_px: int = 3, shift_seed: int = 0) -> list[EvalSet]:
+def standard_suite(data_spec: str, *, shift_px: int | None = None, shift_seed: int = 0) -> list[EvalSet]:
     """The test split of ``data_spec`` and its reproducibly shifted copy (MNIST-C ``translate`` style)."""
     bundle = load_data(data_spec, shift_px=shift_px, shift_seed=shift_seed)
+    shift_px = bundle.info["shift_px"]  # the data set's default when None was asked for
     shape = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, img_size=bundle.img_size)
     return [
         EvalSet("centered", bundle.test, f"{bundle.info['name']} test split", **shape),
