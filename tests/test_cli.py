@@ -20,6 +20,7 @@ def one_line_error(result, code: int, *fragments: str) -> None:
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_train_distill_eval_export_workflow(cli, tmp_path, digits_teacher):
     kd = tmp_path / "kd"
     result = cli("distill", "--teacher", digits_teacher, "--student", "mnist_mlp", "--data", "digits",

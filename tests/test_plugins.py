@@ -50,6 +50,7 @@ def test_third_party_plugin_is_listed_with_its_version_and_registrations(squares
                                                                     "imagefolder"]
 
 
+@pytest.mark.slow
 def test_what_a_third_party_plugin_registered_is_usable(squares_site, tmp_path):
     env = {"PYTHONPATH": str(squares_site)}
     out = tmp_path / "run"
@@ -81,6 +82,7 @@ def test_strict_mode_reraises_a_broken_plugin(broken_site):
     assert "this plugin needs a missing library" in result.err
 
 
+@pytest.mark.slow
 def test_disable_env_blocks_plugins_by_entry_point_or_distribution_name(broken_site, squares_site):
     env = {"PYTHONPATH": f"{broken_site}:{squares_site}", "HARDCTL_DISABLE_PLUGINS": "broken,hardctl-squares"}
     result = run_subprocess("plugins", "--json", env=env)

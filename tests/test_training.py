@@ -61,6 +61,7 @@ def test_distill_checkpoint_never_contains_the_teacher(tmp_path, digits_teacher)
         assert set(fh.keys()) == keys
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_the_same_metrics(tmp_path, digits_teacher):
     cfg = RunConfig(command="distill", teacher=str(digits_teacher), **TINY)
     straight = run(cfg, tmp_path / "straight")
