@@ -113,11 +113,12 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     table.add_column("model")
     table.add_column("spec")
     table.add_column("centered acc %", justify="right")
-    table.add_column("shifted acc %", justify="right")
+    table.add_column(f"shifted (±{summary.get('shift_px', '?')} px) acc %", justify="right")
     for role in ("teacher", "student"):
         if role in summary:
             row = summary[role]
-            table.add_row(role, str(row["spec"]), f"{row['test_acc']:.2f}", f"{row['shifted_acc']:.2f}")
+            label = role if summary["command"] == "distill" else "model"
+            table.add_row(label, str(row["spec"]), f"{row['test_acc']:.2f}", f"{row['shifted_acc']:.2f}")
     console = Console(file=sys.stdout)
     console.print(table)
     console.print(f"run directory: {summary['run_dir']}  (best val acc {summary['best_val_acc']:.2f}%)")
