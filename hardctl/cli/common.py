@@ -6,6 +6,7 @@ Defaults come from :class:`~hardctl.config.RunConfig` so that the CLI, the libra
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
@@ -59,6 +60,30 @@ Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="Prin
 LogEvery = Annotated[int, typer.Option("--log-every", min=1, rich_help_panel=OUTPUT,
                                        help="Steps between progress lines when stderr is not a terminal.")]
 
+# The options every training run shares, declared once: name -> (annotated type, default), in help order.
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "data": (Data, D.data), "shift_px": (ShiftPx, D.shift_px), "shift_seed": (ShiftSeed, D.shift_seed),
+    "pretrained": (Pretrained, D.pretrained), "epochs": (Epochs, D.epochs), "batch_size": (BatchSize, D.batch_size),
+    "optimizer": (Optimizer, D.optimizer), "lr": (Lr, D.lr), "weight_decay": (WeightDecay, D.weight_decay),
+    "warmup_epochs": (Warmup, D.warmup_epochs), "min_lr": (MinLr, D.min_lr), "amp": (Amp, D.amp),
+    "device": (Device, D.device), "seed": (Seed, D.seed), "workers": (Workers, D.workers), "out": (Out, None),
+    "resume": (Resume, None), "force": (Force, False), "json": (Json, False), "log_every": (LogEvery, D.log_every),
+}
+
+
+def with_run_options(command):
+    """Add :data:`RUN_OPTIONS` to ``command``'s signature (Typer builds its options from the signature).
+
+    The command takes them as ``**options``; :func:`start_run` reads them back from ``ctx.params``.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+              for name, (annotation, default) in RUN_OPTIONS.items()]
+    command.__signature__ = signature.replace(parameters=own + shared)
+    return command
+
+
 # Options that describe how a run is watched, not what it computes: allowed next to --resume.
 _RUN_CONTROL = {"resume", "json", "out", "force", "log_every", "workers", "device"}
 
@@ -80,12 +105,12 @@ def default_out(command: str, model: str) -> Path:
     return Path("runs") / f"{command}-{short}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start_run(ctx: typer.Context, cfg: RunConfig, *, out: Path | None, resume: Path | None, force: bool,
-              as_json: bool) -> dict[str, Any]:
+def start_run(ctx: typer.Context, cfg: RunConfig) -> dict[str, Any]:
     """Resolve ``--resume``/``--out``, run the trainer and print its summary."""
     from hardctl.distill.progress import reporter_for
     from hardctl.distill.trainer import run
 
+    out, resume, force = ctx.params["out"], ctx.params["resume"], ctx.params["force"]
     if resume is not None:
         changed = sorted(explicit_options(ctx) - _RUN_CONTROL)
         if changed:
@@ -100,7 +125,7 @@ def start_run(ctx: typer.Context, cfg: RunConfig, *, out: Path | None, resume: P
         cfg, out = saved, resume
     out = out or default_out(cfg.command, cfg.model)
     summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every))
-    print_summary(summary, as_json)
+    print_summary(summary, ctx.params["json"])
     return summary
 
 

@@ -7,9 +7,7 @@ from typing import Annotated
 import typer
 
 from hardctl.cli import app
-from hardctl.cli.common import (MODEL, D, Amp, BatchSize, Data, Device, Epochs, Force, Json, LabelSmoothing,
-                                LogEvery, Lr, MinLr, Optimizer, Out, Pretrained, Resume, Seed, ShiftPx, ShiftSeed,
-                                Warmup, WeightDecay, Workers, config_from_params, start_run)
+from hardctl.cli.common import MODEL, D, LabelSmoothing, config_from_params, start_run, with_run_options
 
 Model = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL, help=(
     "timm name, alias (mnist_cnn, mnist_mlp, mnist_vit, vit_small, resnet18, ...), .safetensors file or run dir."))]
@@ -17,30 +15,12 @@ Model = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL, help
 
 @app.command(epilog="Examples:  hardctl train --model mnist_cnn --data digits --epochs 15 --out runs/teacher\n\n"
              "hardctl train --model mnist_mlp --data fashion-mnist --out runs/student-only")
+@with_run_options
 def train(
     ctx: typer.Context,
     model: Model = D.model,
-    data: Data = D.data,
-    epochs: Epochs = D.epochs,
-    batch_size: BatchSize = D.batch_size,
-    optimizer: Optimizer = D.optimizer,
-    lr: Lr = D.lr,
-    weight_decay: WeightDecay = D.weight_decay,
-    warmup_epochs: Warmup = D.warmup_epochs,
-    min_lr: MinLr = D.min_lr,
     label_smoothing: LabelSmoothing = D.label_smoothing,
-    pretrained: Pretrained = D.pretrained,
-    amp: Amp = D.amp,
-    device: Device = D.device,
-    seed: Seed = D.seed,
-    workers: Workers = D.workers,
-    shift_px: ShiftPx = D.shift_px,
-    shift_seed: ShiftSeed = D.shift_seed,
-    out: Out = None,
-    resume: Resume = None,
-    force: Force = False,
-    json: Json = False,
-    log_every: LogEvery = D.log_every,
+    **options,
 ) -> None:
     """Train a classifier with cross-entropy on the labels (a teacher, or a student baseline).
 
@@ -48,5 +28,4 @@ def train(
     validation accuracy), last.safetensors, checkpoints/ and summary.json; prints centered and
     shifted test accuracy of the best weights.
     """
-    cfg = config_from_params("train", ctx.params)
-    start_run(ctx, cfg, out=out, resume=resume, force=force, as_json=json)
+    start_run(ctx, config_from_params("train", ctx.params))
