@@ -26,6 +26,7 @@ from torch import nn
 
 import hardctl
 from hardctl import zoo  # noqa: F401  (registers the hard_* architectures in timm's registry)
+from hardctl.atomic import atomic_path
 from hardctl.errors import CheckpointError, ModelError, UsageError, did_you_mean
 
 __all__ = [
@@ -230,22 +231,16 @@ def save_model(
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     model = getattr(model, "_orig_mod", model)
-    # same folder as the target (os.replace is atomic only within one file system); the pid keeps
-    # two processes writing the same target from clobbering each other's temporary file
-    tmp_name = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # save_model (not save_file) drops tied duplicates and makes tensors contiguous
-        safetensors.torch.save_model(model, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
+        with atomic_path(path) as tmp:
+            # save_model (not save_file) drops tied duplicates and makes tensors contiguous
+            safetensors.torch.save_model(model, str(tmp), metadata=metadata)
     except (OSError, safetensors.SafetensorError) as e:
         reason = getattr(e, "strerror", None) or e
         raise CheckpointError(
             f"cannot write weights file {path}: {reason}", hint="check free disk space and permissions"
         ) from None
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return path
 
 

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hardctl.config import CONFIG_FILE
+from hardctl.atomic import atomic_path
+from hardctl.config import CONFIG_FILE, atomic_write_bytes
 from hardctl.errors import CheckpointError, UsageError
 
 MODEL_FILE = "model.safetensors"
@@ -97,9 +98,7 @@ class JsonlLog:
     def truncate_after(self, key: str, value: int) -> None:
         """Drop records whose ``key`` exceeds ``value`` (written after the checkpoint we resume from)."""
         kept = [r for r in self.read() if r.get(key, 0) <= value]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        tmp.replace(self.path)
+        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
 
 
 def rng_state() -> dict[str, Any]:
@@ -138,9 +137,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temp file, then rename: a crash mid-write keeps the old checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

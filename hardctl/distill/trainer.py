@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from hardctl.config import RunConfig, atomic_write_json
@@ -26,7 +27,7 @@ from hardctl.distill.sampling import DistInfo, EpochSampler
 from hardctl.distill.tasks import DistillTask, SupervisedTask
 from hardctl.errors import TrainingError, UsageError
 from hardctl.eval import accuracy, autocast_for
-from hardctl.models import InputNormalize, ModelInfo, describe, load_for_data, save_model
+from hardctl.models import ModelInfo, describe, load_for_data, save_model
 
 
 def select_device(requested: str) -> torch.device:
@@ -244,8 +245,6 @@ class Trainer:
         data = self.parts.data
         best = self.run_dir / rundir.MODEL_FILE
         if best.is_file():
-            from safetensors.torch import load_file
-
             self.student.load_state_dict(load_file(best, device=str(self.device)))
         summary: dict[str, Any] = {
             "command": self.cfg.command,
@@ -290,4 +289,4 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
     return trainer.fit()
 
 
-__all__ = ["RunConfig", "Trainer", "build", "run", "select_device", "select_amp", "lr_lambda", "InputNormalize"]
+__all__ = ["Components", "Trainer", "build", "run", "select_device", "select_amp", "lr_lambda"]
