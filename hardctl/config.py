@@ -26,6 +26,12 @@ from hardctl.errors import UsageError
 
 CONFIG_FILE = "config.toml"
 
+# RunConfig field -> HardDefaults field, for the HARD settings an augmentor gives defaults for.
+HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patience", "lambda_s": "lambda_s",
+                 "lambda_t": "lambda_t", "aug_lr": "lr", "aug_batch_size": "batch_size"}
+DISTILL_ONLY = {"teacher", "augmentor", "aug_options", "switch_on",
+                "max_aug_steps", *HARD_SETTINGS}
+
 
 @dataclass
 class RunConfig:
@@ -54,10 +60,44 @@ class RunConfig:
     shift_px: int | None = None  # None: 3 px per 28 px of image side (see hardctl.data.shift)
     shift_seed: int = 0
     log_every: int = 20
+    augment: str = "none"  # baseline augmentation of the training images (hardctl.data.transforms), before HARD's
+    # HARD (distill only). None: the augmentor's own default (see hardctl.augment.HardDefaults).
+    augmentor: str = "affine"  # a registered augmentor, a composition "a+b", or "none" (plain KD)
+    aug_options: dict[str, Any] = field(default_factory=dict)
+    l_min: float | None = None
+    l_max: float | None = None
+    switch_patience: int | None = None
+    lambda_s: float | None = None
+    lambda_t: float | None = None
+    aug_lr: float | None = None
+    aug_batch_size: int | None = None
+    switch_on: str = "teacher"  # the error of the switching rule: against the teacher's prediction, or labels
+    max_aug_steps: int = 500  # an augmentor phase longer than this ends anyway (logged)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if self.command == "train":  # a supervised run has no teacher and no augmentor
+            values = {k: v for k, v in values.items() if k not in DISTILL_ONLY}
+        return values
+
+    @property
+    def uses_hard(self) -> bool:
+        return self.command == "distill" and self.augmentor.strip().lower() != "none"
+
+    def resolve_hard(self) -> "RunConfig":
+        """Fill the unset HARD settings from the augmentor's defaults and check its options (a new config)."""
+        if not self.uses_hard:
+            return self
+        from hardctl.augment import resolve, resolved_options
+
+        defaults = resolve(self.augmentor)[0].hard_defaults  # a composition takes its first part's
+        values = dataclasses.asdict(self)
+        for name, default_name in HARD_SETTINGS.items():
+            if values[name] is None:
+                values[name] = getattr(defaults, default_name)
+        values["aug_options"] = resolved_options(self.augmentor, self.aug_options)
+        return RunConfig(**values).validate()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
@@ -81,6 +121,18 @@ class RunConfig:
             (self.amp in ("auto", "bf16", "fp16", "off"), "--amp must be auto, bf16, fp16 or off"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.shift_px is None or self.shift_px >= 0, "--shift-px must be >= 0"),
+            (bool(self.augment.strip()), "--augment must name an augmentation or none"),
+            (self.switch_on in ("teacher", "labels"), "--switch-on must be teacher or labels"),
+            (self.max_aug_steps >= 1, "--max-aug-steps must be at least 1"),
+            (self.l_min is None or 0 <= self.l_min <= 1, "--l-min must be an error rate in [0, 1]"),
+            (self.l_max is None or 0 <= self.l_max <= 1, "--l-max must be an error rate in [0, 1]"),
+            (self.l_min is None or self.l_max is None or self.l_min < self.l_max,
+             f"--l-min ({self.l_min}) must be below --l-max ({self.l_max})"),
+            (self.switch_patience is None or self.switch_patience >= 1, "--switch-patience must be at least 1"),
+            (self.lambda_s is None or self.lambda_s >= 0, "--lambda-s must be >= 0"),
+            (self.lambda_t is None or self.lambda_t >= 0, "--lambda-t must be >= 0"),
+            (self.aug_lr is None or self.aug_lr > 0, "--aug-lr must be positive"),
+            (self.aug_batch_size is None or self.aug_batch_size >= 1, "--aug-batch-size must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -68,6 +68,7 @@ class Components:
     device: torch.device
     amp: str
     notes: list[str] = field(default_factory=list)
+    augmentor: nn.Module | None = None  # HARD's learned augmentor (distill with --augmentor)
 
 
 def build(cfg: RunConfig) -> Components:
@@ -95,8 +96,16 @@ def build(cfg: RunConfig) -> Components:
             )
         task = DistillTask(student, student_info, teacher, teacher_info, temperature=cfg.temperature,
                            kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight)
+    augmentor = None
+    if cfg.uses_hard:
+        from hardctl.augment import build_augmentor
+
+        augmentor = build_augmentor(cfg.augmentor, cfg.aug_options, in_chans=data.in_chans,
+                                    img_size=data.img_size).to(device)
+        notes.append(f"augmentor: {cfg.augmentor} {cfg.aug_options}")
     task.to(device)
-    return Components(cfg, data, task, student_info, teacher_info, device, select_amp(cfg.amp, device), notes)
+    return Components(cfg, data, task, student_info, teacher_info, device, select_amp(cfg.amp, device), notes,
+                      augmentor)
 
 
 class Trainer:
@@ -127,6 +136,7 @@ class Trainer:
         # A loss scaler only makes sense for fp16: bf16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.epoch, self.step_count, self.best_val = 0, 0, -1.0
+        self.iteration = 0  # every optimisation step (HARD adds augmentor steps between the student's)
         main = self.dist.is_main
         self.steps_log = rundir.JsonlLog(self.run_dir / "steps.jsonl") if main else None
         self.epochs_log = rundir.JsonlLog(self.run_dir / "epochs.jsonl") if main else None
@@ -139,22 +149,34 @@ class Trainer:
         with autocast_for(self.device, self.amp):
             out = self.task(images, labels)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            last = self.run_dir / rundir.CHECKPOINT_DIR / "last.pt"
-            kept = f"; the last good checkpoint {last} is intact" if last.is_file() else ""
-            raise TrainingError(
-                f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step_count + 1}{kept}",
-                hint="lower --lr, or use --amp off",
-            )
+        self.check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step_count += 1
+        self.iteration += 1
         hits = (out["logits"].detach().argmax(-1) == labels).float().mean()
         metrics = {k: float(v.detach()) for k, v in out.items() if k != "logits"}
         return {**metrics, "train_acc": 100.0 * float(hits)}
+
+    def check_finite(self, loss: torch.Tensor, what: str = "the loss") -> None:
+        """Stop the run on a NaN/inf loss, before it reaches the weights; the last checkpoint stays good."""
+        if torch.isfinite(loss):
+            return
+        last = self.run_dir / rundir.CHECKPOINT_DIR / "last.pt"
+        kept = f"; the last good checkpoint {last} is intact" if last.is_file() else ""
+        raise TrainingError(
+            f"{what} became {loss.item()} at epoch {self.epoch + 1}, step {self.step_count + 1}{kept}",
+            hint="lower --lr, or use --amp off",
+        )
+
+    def log_step(self, record: dict[str, Any], *, progress: bool = True) -> None:
+        if self.steps_log is not None:
+            self.steps_log.append(record)
+        if progress:
+            self.reporter.step(record)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -172,11 +194,11 @@ class Trainer:
                 metrics = self.step(images, labels)
                 count += 1
                 for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                record = {"step": self.step_count, "epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], **metrics}
-                if self.steps_log is not None:
-                    self.steps_log.append(record)
-                self.reporter.step(record)
+                    if isinstance(value, float):  # averaged into the epoch record (not indices or labels)
+                        sums[key] = sums.get(key, 0.0) + value
+                record = {"iter": self.iteration, "step": self.step_count, "epoch": epoch + 1,
+                          "lr": self.scheduler.get_last_lr()[0], **metrics}
+                self.log_step(record)
             val = self.evaluate(self.parts.data.val)
             record = {"epoch": epoch + 1, "step": self.step_count, "val_acc": val["acc"], "val_loss": val["loss"],
                       "lr": self.scheduler.get_last_lr()[0], "time_s": round(time.perf_counter() - started, 3),
@@ -218,11 +240,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch + 1,  # epochs finished
             "step": self.step_count,
+            "iteration": self.iteration,
             "best_val": self.best_val,
             "rng": rundir.rng_state(),
         }
 
-    def resume(self) -> None:
+    def resume(self) -> dict[str, Any]:
         """Continue from ``checkpoints/last.pt``: weights, optimiser, schedule, scaler, RNG and logs."""
         state = rundir.load_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "last.pt")
         if state["epoch"] >= self.cfg.epochs:
@@ -233,11 +256,13 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_count, self.best_val = state["epoch"], state["step"], state["best_val"]
+        self.iteration = state.get("iteration", self.step_count)
         rundir.set_rng_state(state["rng"])
         if self.dist.is_main:  # forget what an interrupted epoch logged after the checkpoint
-            self.steps_log.truncate_after("step", self.step_count)
+            self.steps_log.truncate_after("iter", self.iteration)
             self.epochs_log.truncate_after("epoch", self.epoch)
         self.log(f"resuming after epoch {self.epoch} (step {self.step_count}, best val acc {self.best_val:.2f}%)")
+        return state
 
     # ------------------------------------------------------------------ the end
     def finish(self) -> dict[str, Any]:
@@ -272,12 +297,15 @@ class Trainer:
 def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
         reporter: Reporter | None = None) -> dict[str, Any]:
     """Build, train and summarise one run in ``out`` (the library entry point behind the CLI)."""
-    cfg.validate()
+    cfg = cfg.validate().resolve_hard()
     out = Path(out).expanduser()
     created = not out.exists()
     run_dir = rundir.prepare_run_dir(out, resume=resume, force=force)
     try:
-        trainer = Trainer(build(cfg), run_dir, reporter=reporter)
+        trainer_cls = Trainer
+        if cfg.uses_hard:
+            from hardctl.distill.hard import HardTrainer as trainer_cls
+        trainer = trainer_cls(build(cfg), run_dir, reporter=reporter)
     except BaseException:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that never started leaves nothing behind
