@@ -16,8 +16,8 @@ rows) and :mod:`~hardctl.eval.report` (table, JSON, CSV, Markdown). None of them
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hardctl import plugins
 
-__all__ = ["EvalSet", "accuracy", "run_suite", "autocast_for"]
+__all__ = ["EvalSet", "accuracy", "autocast_for", "run_suite"]
 
 
 @dataclass

@@ -19,10 +19,11 @@ A folder that is not a class of the set is an error naming it, never silently dr
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from hardctl.errors import DataError
 from hardctl.eval import EvalSet
@@ -108,8 +109,23 @@ def _empty(what: str, root: Path) -> DataError:
     return DataError(f"{what}: no .jpg/.jpeg/.png images under {root}", hint="check the folder")
 
 
+def _check_class_folders(root: Path, label: Callable[[str], int | None], what: str) -> None:
+    """Name the first sub-folder that is not a class now, before anything is scored (the full walk of
+    the files waits until the set is scored)."""
+    try:
+        names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"{what}: cannot list {root}: {exc.strerror or exc}", hint="check the folder") from None
+    bad = next((n for n in names if label(n) is None), None)
+    if bad is not None:
+        raise DataError(f"{what}: {root / bad} is not a class folder of this set",
+                        hint="point at the folder the official archive extracted to")
+
+
 def _folder_set(name: str, description: str, root: Path, label: Callable[[str], int | None], *,
                 policy: str = "crop", **kwargs) -> EvalSet:
+    _check_class_folders(root, label, name)
+
     def open_set() -> FileImages:
         paths, targets = scan_folder(root, label, name)
         if not paths:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import pkgutil
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Scorer", "TopK", "RealTopK", "real_labels", "timm_info_file"]
+__all__ = ["RealTopK", "Scorer", "TopK", "real_labels", "timm_info_file"]
 
 
 class Scorer(Protocol):

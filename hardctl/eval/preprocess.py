@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ class Preprocessing:
         norm = f"Normalize(mean={_fmt(self.mean)}, std={_fmt(self.std)})"
         h, w = self.size
         if self.policy == "tensor":
-            return f"as stored, /255, {norm}"
+            return f"as stored (uint8 /255, or floats in [0, 1]), {norm}"
         if self.policy == "resize":
             return f"{self.mode}, 224x224 as stored (Resize to {h}x{w} {self.interpolation} if the size differs), /255, {norm}"
         return (f"{self.mode}, Resize(shorter side {int(min(h, w) / self.crop_pct)}, {self.interpolation}), "

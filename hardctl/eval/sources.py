@@ -10,9 +10,9 @@ the run goes on.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from hardctl.errors import UsageError, did_you_mean
 
@@ -23,8 +23,9 @@ __all__ = ["Found", "Locator", "Source", "parse_set_options", "skip_reason"]
 class Source:
     """One data set a suite reads.
 
-    ``paths`` are tried in order under ``--data-root``; ``nested`` sub-folders are also tried inside
-    each candidate, before it (``cifar-10-batches-py`` inside ``--set cifar10=DIR``); ``marker`` names a file that
+    ``paths`` are tried in order under ``--data-root``; under a ``--set KEY=DIR`` folder the ``nested``
+    sub-folders are tried before DIR itself (``cifar-10-batches-py`` inside ``--set cifar10=DIR``, for
+    a DIR the archive was extracted into); ``marker`` names a file that
     must exist in the folder for it to count (alternatives allowed: ``("x", "x.gz")``); ``default`` is
     a system folder tried last (Debian's Fashion-MNIST).
     """
@@ -72,18 +73,17 @@ class Locator:
         """The folder of ``source``; ``fallback`` is another source key whose ``--set`` folder counts too
         (ReaL reads the validation folder)."""
         explicit = self.sets.get(source.key) or (self.sets.get(fallback) if fallback else None)
-        if explicit is not None:
-            bases = [explicit]
+        if explicit is not None:  # the folder itself, or the archive's own folder inside it
+            candidates = [*(explicit / n for n in source.nested), explicit]
         else:
-            bases = [self.data_root / p for p in source.paths] if self.data_root is not None else []
+            candidates = [self.data_root / p for p in source.paths] if self.data_root is not None else []
             if source.default:
-                bases.append(Path(source.default))
+                candidates.append(Path(source.default))
         looked: list[Path] = []
-        for base in bases:
-            for folder in (*(base / n for n in source.nested), base):  # the archive's own folder first
-                looked.append(folder)
-                if self._ok(folder, source):
-                    return Found(source, folder, looked)
+        for folder in dict.fromkeys(candidates):
+            looked.append(folder)
+            if self._ok(folder, source):
+                return Found(source, folder, looked)
         if source.marker:
             looked = [p / source.marker[0] for p in looked]
         return Found(source, None, looked)

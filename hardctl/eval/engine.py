@@ -1,0 +1,141 @@
+"""The evaluation loop: one streaming pass over a data set feeds one or more models.
+
+* Data arrive through a :class:`~torch.utils.data.DataLoader` (workers, pinned memory on CUDA,
+  never shuffled), so memory holds a few batches whatever the size of the set.
+* uint8 batches become ``[0, 1]`` floats on the device; each model then applies its own mean/std,
+  so models that share a preprocessing share one decoding pass (a teacher and its student, say).
+* On CUDA: autocast (``amp``) and ``channels_last`` inputs.
+* A CUDA out-of-memory error halves the batch size and the pass resumes at the first image whose
+  batch had not been scored by every model (scorers are updated only once all models have their
+  logits); the smaller batch size is kept for the rest of the run. At batch size 1 it gives up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from hardctl.errors import HardctlError
+from hardctl.eval import autocast_for
+
+__all__ = ["Feed", "OutOfMemory", "PassStats", "batches", "make_loader", "score"]
+
+OutOfMemory = torch.cuda.OutOfMemoryError  # torch.OutOfMemoryError in recent torch: the same class
+
+
+@dataclass
+class Feed:
+    """A model as the loop drives it: the network and its input normalisation, both on the device."""
+
+    model: nn.Module
+    normalize: nn.Module | None = None
+
+
+@dataclass
+class PassStats:
+    images: int = 0
+    seconds: float = 0.0
+    batch_size: int = 0  # the batch size the pass ended with
+    retries: int = 0  # out-of-memory halvings during this pass
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, device: torch.device | str = "cpu") -> DataLoader:
+    """The evaluation DataLoader: in order, pinned memory on CUDA, a few batches prefetched per worker."""
+    device = torch.device(device)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=False,
+                      prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+
+
+def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    if channels_last and images.ndim == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+def _clean_worker_error(exc: HardctlError) -> HardctlError:
+    """A HardctlError raised in a loader worker comes back with the worker's traceback in its message;
+    keep the original one-line message (the last line) so the CLI still prints one line."""
+    lines = [line for line in exc.message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return exc
+    last = lines[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return type(exc)(last.removeprefix(prefix))
+
+
+def batches(dataset: Dataset, batch_size: int, *, workers: int = 0, device: torch.device | str = "cpu",
+            channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images on the device as float [0, 1], targets on the device)``: the loop without a model."""
+    device = torch.device(device)
+    try:
+        for images, targets in make_loader(dataset, batch_size, workers=workers, device=device):
+            yield _to_device(images, device, channels_last), targets.to(device, non_blocking=True)
+    except HardctlError as exc:
+        raise _clean_worker_error(exc) from None
+
+
+@torch.no_grad()
+def score(
+    feeds: Sequence[Feed],
+    dataset: Dataset,
+    make_scorer: Callable[[], object],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    amp: str = "off",
+    workers: int = 0,
+    channels_last: bool | None = None,
+    on_retry: Callable[[int, int], None] | None = None,
+) -> tuple[list, PassStats]:
+    """Score every feed on ``dataset`` in one pass; returns one scorer per feed (``update``d with each
+    batch's float32 logits and targets) and the pass's :class:`PassStats`.
+
+    ``on_retry(old, new)`` is told each out-of-memory halving of the batch size.
+    """
+    device = torch.device(device)
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    scorers = [make_scorer() for _ in feeds]
+    modes = [f.model.training for f in feeds]
+    for feed in feeds:
+        feed.model.eval()
+    n, done, stats = len(dataset), 0, PassStats(batch_size=batch_size)
+    start = time.perf_counter()
+    try:
+        while done < n:
+            part = dataset if done == 0 else Subset(dataset, range(done, n))
+            try:
+                for images, targets in batches(part, stats.batch_size, workers=workers, device=device,
+                                               channels_last=channels_last):
+                    outputs = []
+                    for feed in feeds:  # every model first: a failure leaves no scorer half-updated
+                        x = feed.normalize(images) if feed.normalize is not None else images
+                        with autocast_for(device, amp):
+                            outputs.append(feed.model(x).float())
+                    for scorer, logits in zip(scorers, outputs, strict=True):
+                        scorer.update(logits, targets)
+                    done += len(targets)
+            except OutOfMemory:
+                if stats.batch_size == 1:
+                    raise HardctlError("out of GPU memory even at batch size 1",
+                                       hint="free the GPU, use a smaller model or --device cpu") from None
+                old, stats.batch_size = stats.batch_size, max(1, stats.batch_size // 2)
+                stats.retries += 1
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if on_retry is not None:
+                    on_retry(old, stats.batch_size)
+    finally:
+        for feed, mode in zip(feeds, modes, strict=True):
+            feed.model.train(mode)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    stats.images, stats.seconds = done, time.perf_counter() - start
+    return scorers, stats
