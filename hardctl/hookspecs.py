@@ -44,3 +44,12 @@ def register_eval_suites(register):
     ``suite(data_spec: str, **options) -> list[hardctl.eval.EvalSet]`` lists the labelled test sets
     the suite scores. Returns nothing.
     """
+
+
+@hookspec
+def register_recipes(register):
+    """Register recipes usable as ``hardctl recipes run NAME``.
+
+    Fires when recipes are first listed or looked up. Call ``register(name, path, help=...)`` where
+    ``path`` is a TOML recipe file (see the README's recipe format). Returns nothing.
+    """

@@ -228,7 +228,8 @@ manager = PluginManager()
 datasets = Registry("datasets", "register_datasets", "data set")
 augmentors = Registry("augmentors", "register_augmentors", "augmentor")
 eval_suites = Registry("eval_suites", "register_eval_suites", "evaluation suite")
-REGISTRIES: dict[str, Registry] = {r.kind: r for r in (datasets, augmentors, eval_suites)}
+recipes = Registry("recipes", "register_recipes", "recipe")
+REGISTRIES: dict[str, Registry] = {r.kind: r for r in (datasets, augmentors, eval_suites, recipes)}
 
 
 def reload() -> None:

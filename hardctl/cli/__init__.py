@@ -54,7 +54,9 @@ from hardctl.cli import distill as _distill  # noqa: E402,F401
 from hardctl.cli import eval as _eval  # noqa: E402,F401
 from hardctl.cli import export as _export  # noqa: E402,F401
 from hardctl.cli import plugins as _plugins  # noqa: E402,F401
+from hardctl.cli import recipes as _recipes  # noqa: E402,F401
 from hardctl.cli import train as _train  # noqa: E402,F401
+from hardctl.cli import visualize as _visualize  # noqa: E402,F401
 
 
 def _show_plugin_warning(message, category, filename, lineno, file=None, line=None):
