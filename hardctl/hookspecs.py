@@ -31,8 +31,11 @@ def register_augmentors(register):
     """Register augmentors usable as ``hardctl distill --augmentor NAME``.
 
     Fires when an augmentor is first looked up. Call ``register(name, factory, help=...)`` where
-    ``factory(**options) -> torch.nn.Module`` builds a batched, differentiable image-to-image module.
-    Returns nothing.
+    ``factory(*, in_chans, img_size, **options) -> hardctl.augment.Augmentor`` builds a batched,
+    differentiable image-to-image module (pixels in ``[0, 1]`` in and out, same shape). The factory's
+    ``options``, ``teacher_term`` and ``hard_defaults`` attributes (see :mod:`hardctl.augment.base`)
+    declare its options, whether HARD trains it in phases or jointly, and its HARD defaults; pass them
+    as keyword arguments to ``register`` to override. Returns nothing.
     """
 
 

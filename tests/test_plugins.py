@@ -46,7 +46,7 @@ def test_third_party_plugin_is_listed_with_its_version_and_registrations(squares
     assert squares["version"] == "0.1.0"
     assert squares["status"] == "loaded"
     assert squares["registered"] == {"datasets": ["squares"], "eval_suites": ["corners"]}
-    assert listed["builtin_datasets"]["registered"]["datasets"] == ["digits", "fashion-mnist", "mnist", "cifar10",
+    assert listed["builtin_datasets"]["registered"]["datasets"] == ["digits", "digits28", "fashion-mnist", "mnist", "cifar10",
                                                                     "imagefolder"]
 
 

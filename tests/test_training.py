@@ -53,7 +53,8 @@ def test_run_directory_has_every_artifact(tmp_path):
 
 
 def test_distill_checkpoint_never_contains_the_teacher(tmp_path, digits_teacher):
-    run(RunConfig(command="distill", teacher=str(digits_teacher), **{**TINY, "epochs": 1}), tmp_path / "kd")
+    run(RunConfig(command="distill", teacher=str(digits_teacher), augmentor="none", **{**TINY, "epochs": 1}),
+        tmp_path / "kd")
     state = rundir.load_checkpoint(tmp_path / "kd" / "checkpoints" / "last.pt")
     keys = set(state["student"])
     assert keys and not any("teacher" in k or k.startswith("conv") for k in keys)
@@ -63,7 +64,7 @@ def test_distill_checkpoint_never_contains_the_teacher(tmp_path, digits_teacher)
 
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_the_same_metrics(tmp_path, digits_teacher):
-    cfg = RunConfig(command="distill", teacher=str(digits_teacher), **TINY)
+    cfg = RunConfig(command="distill", teacher=str(digits_teacher), augmentor="none", **TINY)
     straight = run(cfg, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "resumed", reporter=InterruptAt(step=20))  # in the middle of epoch 2

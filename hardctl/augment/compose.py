@@ -172,6 +172,7 @@ def check_output(augmentor: nn.Module, images: torch.Tensor, out: torch.Tensor, 
     if out.shape != images.shape:
         raise TrainingError(f"{who} changed the batch shape from {tuple(images.shape)} to {tuple(out.shape)}",
                             hint="an augmentor must return images of its input's shape")
+    out = out.detach()
     if not out.is_floating_point() or not torch.isfinite(out).all():
         raise TrainingError(f"{who} returned non-finite or non-float pixels")
     low, high = float(out.min()), float(out.max())

@@ -23,13 +23,17 @@ from hardctl.errors import UsageError
 
 D = RunConfig()  # the defaults
 DATA, TRAIN, MODEL, KD, RUN, OUTPUT = "Data", "Optimisation", "Models", "Distillation loss", "Run", "Output"
+HARD = "HARD (learned augmentations)"
 
 Data = Annotated[str, typer.Option("--data", "-d", rich_help_panel=DATA, help=(
     "Data spec: digits | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | imagefolder:DIR."))]
 ShiftPx = Annotated[Optional[int], typer.Option("--shift-px", rich_help_panel=DATA, help=(
     "Shift of the shifted test set in pixels along x and y [default: MNIST-C's 3 px per 28 px of image side: "
-    "3 on MNIST, 2 on digits]."))]
+    "3 on MNIST, 2 on digits\]."))]
 ShiftSeed = Annotated[int, typer.Option("--shift-seed", rich_help_panel=DATA, help="Seed of the shift directions.")]
+Augment = Annotated[str, typer.Option("--augment", rich_help_panel=DATA, help=(
+    "Baseline augmentation of the training images: none | random-affine | shift | standard "
+    "(applied before a HARD augmentor)."))]
 Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", rich_help_panel=MODEL, help=(
     "Start timm-named models from pretrained weights (local Hugging Face cache or network)."))]
 Epochs = Annotated[int, typer.Option("--epochs", "-e", min=1, rich_help_panel=TRAIN, help="Epochs to train.")]
@@ -62,7 +66,7 @@ LogEvery = Annotated[int, typer.Option("--log-every", min=1, rich_help_panel=OUT
 
 # The options every training run shares, declared once: name -> (annotated type, default), in help order.
 RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "data": (Data, D.data), "shift_px": (ShiftPx, D.shift_px), "shift_seed": (ShiftSeed, D.shift_seed),
+    "data": (Data, D.data), "augment": (Augment, D.augment), "shift_px": (ShiftPx, D.shift_px), "shift_seed": (ShiftSeed, D.shift_seed),
     "pretrained": (Pretrained, D.pretrained), "epochs": (Epochs, D.epochs), "batch_size": (BatchSize, D.batch_size),
     "optimizer": (Optimizer, D.optimizer), "lr": (Lr, D.lr), "weight_decay": (WeightDecay, D.weight_decay),
     "warmup_epochs": (Warmup, D.warmup_epochs), "min_lr": (MinLr, D.min_lr), "amp": (Amp, D.amp),

@@ -7,8 +7,33 @@ from typing import Annotated, Optional
 import typer
 
 from hardctl.cli import app
-from hardctl.cli.common import (MODEL, D, CeWeight, KdWeight, Temperature, config_from_params, start_run,
-                                with_run_options)
+from hardctl.cli.common import (HARD, MODEL, D, CeWeight, KdWeight, Temperature, config_from_params,
+                                explicit_options, start_run, with_run_options)
+from hardctl.errors import UsageError
+
+_PAPER = "[default: the augmentor's, from the paper]"
+Augmentor = Annotated[str, typer.Option("--augmentor", "-a", rich_help_panel=HARD, help=(
+    "Learned augmentor: affine | noise | a plugin's | a composition like vdvae+affine | none (plain KD)."))]
+AugOpt = Annotated[Optional[list[str]], typer.Option("--aug-opt", rich_help_panel=HARD, metavar="KEY=VALUE", help=(
+    "Augmentor option (repeatable), e.g. sigma_init=0.05; PART.KEY in a composition. "
+    "`hardctl plugins --augmentors` lists each augmentor's options."))]
+LMin = Annotated[Optional[float], typer.Option("--l-min", rich_help_panel=HARD, help=(
+    f"Switch student -> augmentor when the student's error on augmented data stays below this. {_PAPER}"))]
+LMax = Annotated[Optional[float], typer.Option("--l-max", rich_help_panel=HARD, help=(
+    f"Switch augmentor -> student when the student's error on augmented data stays above this. {_PAPER}"))]
+Patience = Annotated[Optional[int], typer.Option("--switch-patience", rich_help_panel=HARD, help=(
+    f"Consecutive iterations past a threshold before switching (k). {_PAPER}"))]
+LambdaS = Annotated[Optional[float], typer.Option("--lambda-s", rich_help_panel=HARD, help=(
+    f"Weight of the student–teacher loss the augmentor maximises. {_PAPER}"))]
+LambdaT = Annotated[Optional[float], typer.Option("--lambda-t", rich_help_panel=HARD, help=(
+    f"Weight of the teacher–teacher (invariance) loss the augmentor minimises. {_PAPER}"))]
+AugLr = Annotated[Optional[float], typer.Option("--aug-lr", rich_help_panel=HARD, help=f"Augmentor learning rate (Adam). {_PAPER}")]
+AugBatch = Annotated[Optional[int], typer.Option("--aug-batch-size", rich_help_panel=HARD, help=(
+    f"Images per augmentor step. {_PAPER}"))]
+SwitchOn = Annotated[str, typer.Option("--switch-on", rich_help_panel=HARD, help=(
+    "What the switching error is measured against: teacher (its prediction on the augmented image) or labels."))]
+MaxAugSteps = Annotated[int, typer.Option("--max-aug-steps", min=1, rich_help_panel=HARD, help=(
+    "An augmentor phase that has not reached l_max after this many steps ends anyway (logged)."))]
 
 Teacher = Annotated[Optional[str], typer.Option("--teacher", "-t", rich_help_panel=MODEL, help=(
     "The frozen teacher: a run directory, a .safetensors file, or a timm name with --pretrained."))]
@@ -27,14 +52,49 @@ def distill(
     temperature: Temperature = D.temperature,
     kd_weight: KdWeight = D.kd_weight,
     ce_weight: CeWeight = D.ce_weight,
+    augmentor: Augmentor = D.augmentor,
+    aug_opt: AugOpt = None,
+    l_min: LMin = None,
+    l_max: LMax = None,
+    switch_patience: Patience = None,
+    lambda_s: LambdaS = None,
+    lambda_t: LambdaT = None,
+    aug_lr: AugLr = None,
+    aug_batch_size: AugBatch = None,
+    switch_on: SwitchOn = D.switch_on,
+    max_aug_steps: MaxAugSteps = D.max_aug_steps,
     **options,
 ) -> None:
-    """Distil a frozen teacher into a student on the training images.
+    """Distil a frozen teacher into a student, on augmentations HARD learns to make hard.
 
-    Loss: KD = T²·KL(softmax(t/T) ‖ softmax(s/T)) averaged over the batch (t, s the teacher's and
-    student's logits); total = kd_weight·KD + ce_weight·CE(s, labels). Each model normalises the
-    pixels with its own mean/std, so a teacher trained with other statistics gets re-normalised input
-    (the run log says so). The teacher is never written to the run directory.
+    KD loss: D[s, t] = T²·KL(softmax(t/T) ‖ softmax(s/T)), batch mean (t, s the teacher's and student's
+    logits); total = kd_weight·D + ce_weight·CE(s, labels).
+
+    HARD (--augmentor, default affine): the augmentor g makes x̃ = g(x) and maximises
+    λ_s·D[s(x̃), t(x̃)] − λ_t·D[t(x̃), t(x)] (the teacher still sees the same image, the student does not);
+    the student minimises D[s(x̃), t(x̃)]. They train in alternating phases: augmentor -> student when the
+    student's error on x̃ stays above --l-max for --switch-patience iterations, back when it stays below
+    --l-min. The augmentor is saved into a pool at every switch and each student step augments with a
+    pool entry drawn at random. --augmentor none is plain KD.
+
+    Without --teacher this runs the default recipe: digits, a CNN teacher (trained once and cached),
+    an MLP student and HARD-Affine. The teacher is never written to the run directory.
     """
-    start_run(ctx, config_from_params("distill", ctx.params, student="model"))
+    cfg = config_from_params("distill", ctx.params, student="model")
+    cfg.aug_options = parse_key_values(aug_opt or [], "--aug-opt")
+    if teacher is None and ctx.params["resume"] is None:
+        from hardctl.quickstart import apply_default_recipe
 
+        cfg = apply_default_recipe(cfg, explicit=explicit_options(ctx))
+    start_run(ctx, cfg)
+
+
+def parse_key_values(items: list[str], flag: str) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (values are typed later, against the option's type)."""
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} {item!r} is not KEY=VALUE", hint=f"e.g. {flag} sigma_init=0.05")
+        values[key.strip()] = value.strip()
+    return values

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -26,9 +27,43 @@ def version_report() -> str:
                       f"CUDA {cuda}", f"plugins: {loaded}"])
 
 
-@app.command("plugins", epilog="Example:  hardctl plugins --json")
-def plugins_command(json: Json = False) -> None:
+def augmentor_report() -> list[dict]:
+    """Every registered augmentor with its options, training mode and HARD defaults."""
+    from dataclasses import asdict
+
+    from hardctl.augment import AugmentorSpec
+
+    rows = []
+    for entry in plugin_registry.augmentors:
+        spec = AugmentorSpec.from_entry(entry)
+        rows.append({"name": spec.name, "plugin": spec.plugin, "help": spec.help,
+                     "mode": "phases" if spec.teacher_term else "joint",
+                     "options": [{"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help,
+                                  "min": o.min, "max": o.max, "choices": list(o.choices or [])} for o in spec.options],
+                     "hard_defaults": asdict(spec.hard_defaults)})
+    return rows
+
+
+@app.command("plugins", epilog="Examples:  hardctl plugins --json\n\nhardctl plugins --augmentors")
+def plugins_command(
+    json: Json = False,
+    augmentors: bool = typer.Option(False, "--augmentors", help="List the augmentors with their options and HARD defaults."),
+) -> None:
     """List installed plugins, their versions and what each registered (data sets, augmentors, suites)."""
+    if augmentors:
+        rows = augmentor_report()
+        if json:
+            print(jsonlib.dumps(rows, indent=2, sort_keys=True))
+            return
+        table = Table(title="augmentors (--augmentor NAME, --aug-opt KEY=VALUE)")
+        for column in ("augmentor", "plugin", "training", "options", "HARD defaults"):
+            table.add_column(column)
+        for row in rows:
+            options = "\n".join(f"{o['name']}={o['default']!r}: {o['help']}" for o in row["options"]) or "-"
+            hard = ", ".join(f"{k} {v}" for k, v in row["hard_defaults"].items())
+            table.add_row(row["name"], row["plugin"], row["mode"], options, hard)
+        Console(file=sys.stdout).print(table)
+        return
     infos = plugin_registry.manager.plugin_infos()
     if json:
         print(jsonlib.dumps([i.as_dict() for i in infos], indent=2, sort_keys=True))

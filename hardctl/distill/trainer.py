@@ -76,6 +76,11 @@ def build(cfg: RunConfig) -> Components:
     cfg.validate()
     device = select_device(cfg.device)
     data = load_data(cfg.data, shift_px=cfg.shift_px, shift_seed=cfg.shift_seed)
+    if cfg.augment != "none":  # baseline augmentation of the training images (HARD's augmentor comes on top)
+        from hardctl.data.transforms import augmented_train
+
+        data.train = augmented_train(data.train, cfg.augment, in_chans=data.in_chans, img_size=data.img_size,
+                                     shift_px=data.info["shift_px"], seed=cfg.seed)
     sample = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)
     load = partial(load_for_data, data=data.spec, num_classes=data.num_classes, in_chans=data.in_chans,
                    img_size=data.img_size, sample=sample)

@@ -21,6 +21,12 @@ def register_datasets(register: Callable[..., None]) -> None:
         needs_arg=False,
     )
     register(
+        "digits28",
+        formats.load_digits28_dataset,
+        help="the same digits at MNIST's geometry: 2x upscaled onto a 28x28 canvas, built in",
+        needs_arg=False,
+    )
+    register(
         "fashion-mnist",
         formats.load_fashion_mnist_dataset,
         help=f"Fashion-MNIST IDX files in DIR (default {formats.FASHION_MNIST_DIR})",

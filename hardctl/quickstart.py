@@ -1,0 +1,76 @@
+"""The default recipe behind a bare ``hardctl distill``: digits, a cached CNN teacher, an MLP student, HARD-Affine.
+
+Without ``--teacher``, ``distill`` starts from :data:`DEFAULT_DISTILL` (options typed on the command
+line still win) and uses the default teacher for ``--data``: the paper's CNN, trained once with
+:data:`DEFAULT_TEACHER` and kept in the cache (``$HARDCTL_CACHE``, else ``$XDG_CACHE_HOME/hardctl``,
+else ``~/.cache/hardctl``). A teacher is trained into a temporary folder and renamed into place when
+it is complete, so an interrupted first run never leaves a half-trained teacher behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from hardctl.config import RunConfig
+
+__all__ = ["DEFAULT_DISTILL", "DEFAULT_TEACHER", "cache_dir", "default_teacher", "apply_default_recipe"]
+
+# What a bare `hardctl distill` runs (the README's main job); tuned on digits, see README "Results".
+DEFAULT_DISTILL = {"data": "digits", "model": "hard_mnist_mlp", "augmentor": "affine", "epochs": 30, "lr": 5e-3}
+# How the cached default teacher is trained.
+DEFAULT_TEACHER = {"model": "hard_mnist_cnn", "epochs": 30, "lr": 5e-3, "seed": 0}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HARDCTL_CACHE"):
+        return Path(os.environ["HARDCTL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hardctl"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "data"
+
+
+def default_teacher(data: str, *, shift_px: int | None = None, say=None) -> Path:
+    """The run directory of the default teacher for ``data``, training it first if the cache lacks it."""
+    from hardctl.distill.progress import reporter_for
+    from hardctl.distill.trainer import run
+
+    say = say or (lambda message: print(message, file=sys.stderr))
+    spec = DEFAULT_TEACHER
+    target = cache_dir() / "teachers" / f"{_slug(data)}-{spec['model']}-e{spec['epochs']}-s{spec['seed']}"
+    if (target / "summary.json").is_file():
+        say(f"hardctl: using the cached default teacher {target}")
+        return target
+    say(f"hardctl: no --teacher given and no cached teacher for {data}: training {spec['model']} once "
+        f"({spec['epochs']} epochs) into {target}; later runs reuse it")
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    cfg = RunConfig(command="train", data=data, shift_px=shift_px, **spec)
+    run(cfg, partial, reporter=reporter_for())
+    partial.rename(target)
+    return target
+
+
+def apply_default_recipe(cfg: RunConfig, *, explicit: set[str], say=None) -> RunConfig:
+    """``cfg`` with the default recipe under what the user typed, and the default teacher for its data."""
+    say = say or (lambda message: print(message, file=sys.stderr))
+    values = dataclasses.asdict(cfg)
+    typed = {"student" if name == "model" else name for name in explicit}
+    for key, value in DEFAULT_DISTILL.items():
+        option = "student" if key == "model" else key
+        if option not in typed:
+            values[key] = value
+    resolved = RunConfig(**values)
+    if not typed - {"out", "force", "json", "log_every", "workers", "device"}:
+        say("hardctl: no --teacher: running the default recipe (digits, CNN teacher -> MLP student, HARD-Affine); "
+            "options on the command line override it")
+    resolved.teacher = str(default_teacher(resolved.data, shift_px=resolved.shift_px, say=say))
+    return resolved

@@ -1,0 +1,237 @@
+"""The HARD engine: the switching rule, the pool, the augmentor's objective, joint training, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from hardctl import hookimpl, plugins
+from hardctl.augment import Augmentor, HardDefaults, Option, build_augmentor
+from hardctl.augment.pool import pool_files, read_entry
+from hardctl.config import RunConfig
+from hardctl.distill.hard import HardTrainer
+from hardctl.distill.losses import kd_divergence
+from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
+from hardctl.distill.trainer import build, run
+from hardctl.errors import TrainingError, UsageError
+
+SMALL = dict(data="digits", model="mnist_mlp", epochs=1, batch_size=64, lr=5e-3)
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------- phase switch
+def test_switching_rule_follows_the_thresholds_for_k_consecutive_iterations():
+    switch = PhaseSwitch(l_min=0.1, l_max=0.5, patience=3)
+    errors = [0.9, 0.05, 0.05, 0.2, 0.05, 0.05, 0.05,  # student: the 4th value breaks the streak; switch at 7
+              0.6, 0.6, 0.3, 0.6, 0.6, 0.6,  # augmentor: streak broken at 10, switch at 13
+              0.01, 0.01, 0.01]  # student again: switch at 16
+    phases = []
+    for i, error in enumerate(errors, start=1):
+        switch.update(error, i)
+        phases.append(switch.phase)
+    assert phases == [STUDENT] * 6 + [AUGMENTOR] * 6 + [STUDENT] * 3 + [AUGMENTOR]
+    assert switch.history == [(7, AUGMENTOR), (13, STUDENT), (16, AUGMENTOR)] and switch.switches == 3
+    # equal to a threshold is not past it
+    edge = PhaseSwitch(l_min=0.1, l_max=0.5, patience=1)
+    assert not edge.update(0.1) and edge.update(0.0999)
+    assert not edge.update(0.5) and edge.update(0.5001)
+    with pytest.raises(ValueError, match="below l_max"):
+        PhaseSwitch(l_min=0.5, l_max=0.5, patience=1)
+
+
+def _trainer(tmp_path, teacher, **overrides) -> HardTrainer:
+    cfg = RunConfig(command="distill", teacher=str(teacher), **{**SMALL, **overrides}).validate().resolve_hard()
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return HardTrainer(build(cfg), tmp_path / "run")
+
+
+def test_scripted_errors_give_the_exact_phase_sequence_and_pool_growth(tmp_path, digits_teacher, monkeypatch):
+    trainer = _trainer(tmp_path, digits_teacher, l_min=0.1, l_max=0.5, switch_patience=2)
+    script = iter([0.0, 0.0,  # student steps 1-2 -> augmentor
+                   0.9, 0.2, 0.9, 0.9,  # augmentor steps: switch back after the 2nd consecutive > 0.5
+                   0.3, 0.05, 0.05,  # student steps 3-5 -> augmentor
+                   0.7, 0.7,  # augmentor -> student
+                   0.4])  # student step 6
+    monkeypatch.setattr(trainer, "error", lambda *args: next(script))
+    trainer.save_to_pool("identity")
+    images, labels = next(iter(trainer.loader))
+    for _ in range(6):
+        trainer.step(images, labels)
+    records = read(tmp_path / "run" / "steps.jsonl")  # only augmentor steps log themselves here
+    assert [r["pool_size"] for r in records] == [1, 1, 1, 2, 2, 3]
+    assert trainer.switch.history == [(2, AUGMENTOR), (6, STUDENT), (9, AUGMENTOR), (11, STUDENT)]
+    assert trainer.step_count == 6 and trainer.aug_steps == 6 and trainer.iteration == 12
+    assert [info["reason"] for info in trainer.pool.info] == ["identity", "switch", "switch"]
+    files = pool_files(tmp_path / "run")
+    assert len(files) == 3
+    snapshot, info = read_entry(files[1])
+    assert info["iteration"] == 6 and set(snapshot) == {"mean", "log_std"}
+
+
+def test_one_augmentor_step_raises_the_student_teacher_loss(tmp_path, digits_teacher):
+    trainer = _trainer(tmp_path, digits_teacher, lambda_t=0.0, aug_lr=0.01, aug_batch_size=256)
+    aug, task = trainer.augmentor, trainer.task
+    student_before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    trainer.student.eval()
+
+    def l_st(images):
+        torch.manual_seed(1)  # the same ε for both evaluations
+        x = aug(images)
+        return float(kd_divergence(trainer.student(task.student_normalize(x)), task.teacher_logits(x), 5.0).detach())
+
+    gen_state = trainer.aug_batches.get_state()
+    images, _ = trainer.next_aug_batch()
+    trainer.aug_batches.set_state(gen_state)  # the step sees the same batch
+    before = l_st(images)
+    params_before = [p.detach().clone() for p in aug.parameters()]
+    trainer.augmentor_step()
+    trainer.student.eval()
+    assert l_st(images) > before
+    assert any(not torch.equal(a, b) for a, b in zip(params_before, aug.parameters()))
+    assert all(torch.equal(v, trainer.student.state_dict()[k]) for k, v in student_before.items())
+    assert all(p.grad is None for p in trainer.student.parameters())  # backward(inputs=...) skips the student
+    assert all(p.grad is None for p in task.teacher.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- a HARD run
+@pytest.mark.slow
+def test_hard_run_switches_saves_a_pool_and_resumes_identically(tmp_path, digits_teacher):
+    from test_training import InterruptAt
+
+    cfg = RunConfig(command="distill", teacher=str(digits_teacher), augmentor="affine", l_min=0.45, l_max=0.5,
+                    switch_patience=1, max_aug_steps=20, aug_batch_size=64, **{**SMALL, "epochs": 3})
+    straight = run(cfg, tmp_path / "straight")
+    hard = straight["hard"]
+    assert hard["switches"] >= 2 and hard["pool_size"] == 1 + hard["switches"] // 2  # one entry per return
+    assert len(pool_files(tmp_path / "straight")) == hard["pool_size"]
+    assert 0 < hard["aug_fraction"] < 1 and set(hard["time_s"]) == {"student", "augmentor"}
+    assert (tmp_path / "straight" / "augmentations.png").is_file() and "figures" in hard
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "resumed", reporter=InterruptAt(step=30))  # in epoch 2 (21 student steps/epoch)
+    resumed = run(RunConfig.load(tmp_path / "resumed"), tmp_path / "resumed", resume=True)
+    assert read(tmp_path / "resumed" / "steps.jsonl") == read(tmp_path / "straight" / "steps.jsonl")
+    for key in ("student", "best_val_acc"):
+        assert resumed[key] == straight[key]
+    assert resumed["hard"]["switches"] == hard["switches"] and resumed["hard"]["pool_size"] == hard["pool_size"]
+
+
+def test_resolved_config_takes_the_augmentors_paper_defaults(tmp_path):
+    cfg = RunConfig(command="distill", teacher="t", augmentor="affine", l_max=0.6).validate().resolve_hard()
+    assert (cfg.l_min, cfg.l_max, cfg.switch_patience, cfg.lambda_s, cfg.lambda_t, cfg.aug_lr, cfg.aug_batch_size) == (
+        0.05, 0.6, 5, 1.0, 1.0, 0.05, 128)
+    assert cfg.aug_options == {"sigma_init": 0.1, "padding_mode": "zeros", "align_corners": False}
+    cfg.save(tmp_path)
+    assert RunConfig.load(tmp_path) == cfg  # the concrete numbers land in config.toml
+    with pytest.raises(UsageError, match=r"--l-min \(0.5\) must be below --l-max \(0.4\)"):
+        RunConfig(command="distill", teacher="t", l_min=0.5, l_max=0.4).validate()
+    with pytest.raises(UsageError, match=r"--l-min \(0.5\) must be below --l-max \(0.4\)"):
+        RunConfig(command="distill", teacher="t", l_min=0.5).validate().resolve_hard().__class__(
+            command="distill", teacher="t", l_min=0.5, l_max=0.4).validate()
+    plain = RunConfig(command="distill", teacher="t", augmentor="none").resolve_hard()
+    assert plain.l_min is None and not plain.uses_hard
+
+
+# ---------------------------------------------------------------------------------------------- augmentors
+def test_affine_identity_leaves_images_and_composition_chains_parts():
+    x = torch.rand(4, 1, 16, 16)
+    affine = build_augmentor("affine", {"sigma_init": "1e-8"}, in_chans=1, img_size=(16, 16))
+    assert torch.allclose(affine(x), x, atol=1e-4)
+    theta = torch.tensor([[1.0, 0.0, 0.5, 0.0, 1.0, 0.0]]).view(1, 2, 3)  # half a width: 4 px on 16
+    shifted = affine.apply(x[:1], {"theta": theta})
+    assert torch.allclose(shifted[0, 0, :, :12], x[0, 0, :, 4:], atol=1e-5)  # content moved 4 px left
+    combo = build_augmentor("noise+affine", {"noise.sigma_init": "1e-8", "affine.sigma_init": 1e-8},
+                            in_chans=1, img_size=(16, 16))
+    assert torch.allclose(combo(x), x, atol=1e-4) and combo.teacher_term
+    snap = combo.snapshot()
+    assert set(snap) == {"parts.0.mu", "parts.0.log_sigma", "parts.1.mean", "parts.1.log_std"}
+    snap["parts.0.mu"] = torch.full_like(snap["parts.0.mu"], 0.25)
+    out = combo.forward_with(snap, torch.zeros(2, 1, 16, 16))  # snapshot applied without touching the module
+    assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-3) and float(combo.parts[0].mu) == 0.0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"sigma": "0.1"}, "unknown augmentor option 'sigma' for affine; did you mean 'sigma_init'?"),
+    ({"sigma_init": "abc"}, "augmentor 'affine' option 'sigma_init' must be a number, got 'abc'"),
+    ({"sigma_init": "-1"}, "augmentor 'affine' option sigma_init=-1.0 is out of range"),
+    ({"padding_mode": "wrap"}, "option padding_mode='wrap' is not one of zeros, border, reflection"),
+    ({"align_corners": "maybe"}, "must be true or false"),
+    ({"nope.sigma_init": "1"}, "names no part of affine"),
+])
+def test_bad_augmentor_options_are_one_line_usage_errors(options, message):
+    with pytest.raises(UsageError) as err:
+        build_augmentor("affine", options, in_chans=1, img_size=(8, 8))
+    assert message in str(err.value)
+
+
+def test_unknown_augmentor_lists_the_installed_ones():
+    with pytest.raises(UsageError) as err:
+        build_augmentor("afine", {}, in_chans=1, img_size=(8, 8))
+    assert "unknown augmentor 'afine' (did you mean 'affine'?)" in str(err.value)
+    assert "affine" in err.value.hint and "noise" in err.value.hint
+
+
+class _Blend(Augmentor):
+    """A tiny joint-mode augmentor: blends each image with a learned image (no teacher–teacher term)."""
+
+    options = (Option("alpha", float, 0.1, "initial blend weight", min=0.0, max=1.0),)
+    teacher_term = False
+    hard_defaults = HardDefaults(lr=0.01)
+
+    def __init__(self, *, in_chans, img_size, alpha=0.1):
+        super().__init__(in_chans=in_chans, img_size=img_size)
+        self.logit = nn.Parameter(torch.tensor(float(alpha)).logit())
+        self.image = nn.Parameter(torch.full((in_chans, *img_size), 0.5))
+
+    def apply(self, x, params):
+        weight = torch.sigmoid(self.logit)
+        return ((1 - weight) * x + weight * self.image.clamp(0, 1)).clamp(0, 1)
+
+
+class _BlendPlugin:
+    @hookimpl
+    def register_augmentors(self, register):
+        register("blend", _Blend, help="test blend")
+
+
+@pytest.fixture
+def blend_plugin():
+    plugins.reload()
+    plugins.manager.register(_BlendPlugin(), "test-blend")
+    yield
+    plugins.reload()
+
+
+def test_augmentor_without_teacher_term_trains_jointly_with_the_student(tmp_path, digits_teacher, blend_plugin):
+    summary = run(RunConfig(command="distill", teacher=str(digits_teacher), augmentor="blend", **SMALL), tmp_path / "j")
+    assert summary["hard"]["mode"] == "joint" and summary["hard"]["switches"] == 0
+    assert summary["hard"]["aug_steps"] == 0 and summary["hard"]["pool_size"] == 2  # start + one per epoch
+    first, last = (read_entry(p)[0] for p in pool_files(tmp_path / "j"))
+    assert not torch.equal(first["image"], last["image"])  # the augmentor learned alongside the student
+    steps = read(tmp_path / "j" / "steps.jsonl")
+    assert {s["phase"] for s in steps} == {"joint"} and len(steps) == 21
+
+
+def test_non_finite_augmentor_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, digits_teacher, monkeypatch):
+    import hardctl.distill.hard as hard
+
+    poison = {"on": False}
+    original, original_end = hard.kd_divergence, HardTrainer.end_epoch
+
+    def end_epoch(self, record):  # from epoch 2 on, the augmentor's loss is NaN
+        original_end(self, record)
+        poison["on"] = True
+
+    monkeypatch.setattr(hard, "kd_divergence", lambda a, b, t: original(a, b, t) * (float("nan") if poison["on"] else 1))
+    monkeypatch.setattr(HardTrainer, "end_epoch", end_epoch)
+    cfg = RunConfig(command="distill", teacher=str(digits_teacher), l_min=0.9, l_max=0.95, switch_patience=1,
+                    max_aug_steps=2, **{**SMALL, "epochs": 2})
+    with pytest.raises(TrainingError, match=r"the augmentor's loss became nan at epoch 2.*last.pt is intact"):
+        run(cfg, tmp_path / "r")
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and not list((tmp_path / "r").rglob(".*.tmp"))
