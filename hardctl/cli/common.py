@@ -28,8 +28,8 @@ HARD = "HARD (learned augmentations)"
 Data = Annotated[str, typer.Option("--data", "-d", rich_help_panel=DATA, help=(
     "Data spec: digits | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | imagefolder:DIR."))]
 ShiftPx = Annotated[Optional[int], typer.Option("--shift-px", rich_help_panel=DATA, help=(
-    "Shift of the shifted test set in pixels along x and y [default: MNIST-C's 3 px per 28 px of image side: "
-    "3 on MNIST, 2 on digits\]."))]
+    "Shift of the shifted test set in pixels along x and y \\[default: MNIST-C's 3 px per 28 px of image side: "
+    "3 on MNIST, 2 on digits]."))]
 ShiftSeed = Annotated[int, typer.Option("--shift-seed", rich_help_panel=DATA, help="Seed of the shift directions.")]
 Augment = Annotated[str, typer.Option("--augment", rich_help_panel=DATA, help=(
     "Baseline augmentation of the training images: none | random-affine | shift | standard "
@@ -151,3 +151,9 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     console = Console(file=sys.stdout)
     console.print(table)
     console.print(f"run directory: {summary['run_dir']}  (best val acc {summary['best_val_acc']:.2f}%)")
+    hard = summary.get("hard")
+    if hard:
+        console.print(f"HARD {hard['augmentor']} ({hard['mode']}): {hard['switches']} switches, pool of "
+                      f"{hard['pool_size']}, {100 * hard['aug_fraction']:.1f}% of iterations in augmentor phases")
+        for name, path in hard.get("figures", {}).items():
+            console.print(f"{name}: {path}")
