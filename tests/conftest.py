@@ -50,3 +50,19 @@ def digits_teacher(tmp_path_factory) -> Path:
               "--out", str(out)])
     assert exc.value.code == 0
     return out
+
+
+def pip_install_target(package: Path, site: Path) -> Path:
+    """``pip install`` an example plugin package into its own folder: a real dist-info with its entry points."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(package)], check=True, capture_output=True)
+    return site
+
+
+def listed_plugins(site: Path) -> dict[str, dict]:
+    """What ``hardctl plugins --json`` reports in a fresh interpreter that sees ``site``, by plugin name."""
+    import json
+
+    result = run_subprocess("plugins", "--json", env={"PYTHONPATH": str(site)})
+    assert result.code == 0 and "warning" not in result.err, result.err
+    return {p["name"]: p for p in json.loads(result.out)}

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_subprocess
+from conftest import listed_plugins, pip_install_target, run_subprocess
 
 from hardctl import hookimpl, plugins
 from hardctl.augment import Augmentor, build_augmentor
@@ -42,23 +40,18 @@ def one_line_error(result, code: int) -> str:
 def brightness_site(tmp_path_factory) -> Path:
     """The example package installed by pip into its own folder (a real dist-info with the entry point)."""
     site = tmp_path_factory.mktemp("brightness-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(EXAMPLE)], check=True, capture_output=True)
+    pip_install_target(EXAMPLE, site)
     entry_points = site / "hardctl_brightness-0.1.0.dist-info" / "entry_points.txt"
     assert "brightness = hardctl_brightness" in entry_points.read_text()
     return site
 
 
 def test_installed_example_is_listed_as_an_augmentor_plugin(brightness_site):
-    result = run_subprocess("plugins", "--json", env={"PYTHONPATH": str(brightness_site)})
-    assert result.code == 0, result.err
-    listed = {p["name"]: p for p in json.loads(result.out)}
-    brightness = listed["brightness"]
+    brightness = listed_plugins(brightness_site)["brightness"]
     assert brightness["distribution"] == "hardctl-brightness"
     assert brightness["version"] == "0.1.0"
     assert brightness["status"] == "loaded" and brightness["error"] is None
     assert brightness["registered"] == {"augmentors": ["brightness"]}
-    assert "warning" not in result.err
 
 
 @pytest.mark.slow
@@ -78,7 +71,7 @@ def test_installed_example_trains_in_a_composition_with_a_builtin(brightness_sit
     hard = summary["hard"]
     assert hard["augmentor"] == "brightness+affine" and hard["mode"] == "phases"
     expected = {"brightness.gain_sigma_init": 0.2, "brightness.bias_sigma_init": 0.05, "brightness.pivot": 0.25,
-                "brightness.per_channel": False, "affine.sigma_init": 0.1, "affine.padding_mode": "border",
+                "brightness.per_channel": False, "affine.sigma_init": 0.01, "affine.padding_mode": "border",
                 "affine.align_corners": False}
     assert hard["options"] == expected
     assert hard["aug_steps"] >= 2 and hard["pool_size"] >= 2 and hard["student_steps"] == summary["steps"]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_subprocess
+from conftest import listed_plugins, pip_install_target, run_subprocess
 from hardctl import hookimpl, plugins
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hardctl-squares"
@@ -19,8 +17,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hardctl-squares"
 def squares_site(tmp_path_factory) -> Path:
     """The README's example plugin, installed by pip into its own folder (a real dist-info)."""
     site = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(EXAMPLE)], check=True, capture_output=True)
+    pip_install_target(EXAMPLE, site)
     assert list(site.glob("hardctl_squares-0.1.0.dist-info/entry_points.txt"))
     return site
 
@@ -38,9 +35,7 @@ def broken_site(tmp_path_factory) -> Path:
 
 
 def test_third_party_plugin_is_listed_with_its_version_and_registrations(squares_site):
-    result = run_subprocess("plugins", "--json", env={"PYTHONPATH": str(squares_site)})
-    assert result.code == 0, result.err
-    listed = {p["name"]: p for p in json.loads(result.out)}
+    listed = listed_plugins(squares_site)
     squares = listed["squares"]
     assert squares["distribution"] == "hardctl-squares"
     assert squares["version"] == "0.1.0"

@@ -134,7 +134,8 @@ def test_builtin_transfer_digits_resolves_to_the_papers_arms():
     assert configs["kd"].teacher == "/runs/teacher/seed-1" and configs["kd"].augmentor == "none"
     hard = configs["hard-affine"]
     assert (hard.command, hard.augmentor, hard.model, hard.seed) == ("distill", "affine", "mnist_mlp", 1)
-    assert (hard.data, hard.epochs, hard.lr, hard.batch_size, hard.temperature) == ("digits", 30, 5e-3, 128, 5.0)
+    assert (hard.data, hard.epochs, hard.lr, hard.batch_size, hard.temperature) == ("digits", 100, 5e-3, 128, 5.0)
+    assert (hard.l_min, hard.aug_lr, configs["teacher"].augment, configs["teacher"].epochs) == (0.1, 0.01, "shift", 30)
     assert load_recipe("transfer-fashion-mnist").defaults["data"] == "fashion-mnist"
 
 
@@ -166,7 +167,7 @@ def test_plugins_lists_the_recipe_registrations(cli):
     result = cli("plugins", "--json")
     assert result.code == 0, result.err
     listed = {p["name"]: p for p in json.loads(result.out)}
-    assert listed["builtin_recipes"]["registered"] == {"recipes": ["transfer-digits", "transfer-fashion-mnist"]}
+    assert listed["builtin_recipes"]["registered"] == {"recipes": ["toy-cos", "transfer-digits", "transfer-fashion-mnist"]}
 
 
 def test_describe_file_is_tolerant(tmp_path):

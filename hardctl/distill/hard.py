@@ -28,7 +28,6 @@ from torch.utils.data import default_collate
 
 from hardctl.augment import AugmentorPool, check_output
 from hardctl.augment.pool import POOL_DIR
-from hardctl.distill import rundir
 from hardctl.distill.losses import kd_divergence, kd_loss
 from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
 from hardctl.distill.trainer import Components, Trainer
@@ -128,13 +127,7 @@ class HardTrainer(Trainer):
                             kd_weight=self.cfg.kd_weight, ce_weight=self.cfg.ce_weight)
         loss = parts["loss"]
         self.check_finite(loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.step_count += 1
-        self.iteration += 1
+        self.optimise(loss)
         error = self.error(logits, teacher_logits, labels)
         if self.switch.update(error, self.iteration):
             self.phase_steps = 0
@@ -196,15 +189,7 @@ class HardTrainer(Trainer):
                             kd_weight=self.cfg.kd_weight, ce_weight=self.cfg.ce_weight)
         loss = parts["loss"]
         self.check_finite(loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.aug_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.step(self.aug_optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.step_count += 1
-        self.iteration += 1
+        self.optimise(loss, self.aug_optimizer)  # one scaler for the one backward pass
         error = self.error(logits, teacher_logits, labels)
         return {"loss": float(loss.detach()), "l_st": float(parts["kd"]), "aug_error": error, "pool_size": len(self.pool),
                 "train_acc": 100.0 * float((logits.argmax(-1) == labels).float().mean()), "phase": JOINT}

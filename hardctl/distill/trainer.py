@@ -155,16 +155,23 @@ class Trainer:
             out = self.task(images, labels)
         loss = out["loss"]
         self.check_finite(loss)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimise(loss)
+        hits = (out["logits"].detach().argmax(-1) == labels).float().mean()
+        metrics = {k: float(v.detach()) for k, v in out.items() if k != "logits"}
+        return {**metrics, "train_acc": 100.0 * float(hits)}
+
+    def optimise(self, loss: torch.Tensor, *also: torch.optim.Optimizer) -> None:
+        """One (scaled) backward and step of the student's optimiser and schedule, and of ``also``'s optimisers."""
+        optimizers = (self.optimizer, *also)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step_count += 1
         self.iteration += 1
-        hits = (out["logits"].detach().argmax(-1) == labels).float().mean()
-        metrics = {k: float(v.detach()) for k, v in out.items() if k != "logits"}
-        return {**metrics, "train_acc": 100.0 * float(hits)}
 
     def check_finite(self, loss: torch.Tensor, what: str = "the loss") -> None:
         """Stop the run on a NaN/inf loss, before it reaches the weights; the last checkpoint stays good."""

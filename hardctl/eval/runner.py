@@ -125,7 +125,8 @@ def load_models(specs: Sequence[str], pairs: Sequence[tuple[str, EvalSet]], *, d
         raise UsageError(f"the chosen suites need different models ({desc})", hint="evaluate them in separate calls")
     num_classes, in_chans = shapes.pop() if shapes else (1000, 3)
     tensor_set = next((s for s in found if s.preprocess == "tensor"), None)
-    where = tensor_set.name if tensor_set is not None else (found[0].name if found else "the suite")
+    named = tensor_set if tensor_set is not None else (found[0] if found else None)
+    where = named.meta.get("data", named.name) if named is not None else "the suite"  # --data's spec if known
     models = []
     for spec in specs:
         if tensor_set is not None:

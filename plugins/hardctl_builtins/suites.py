@@ -20,13 +20,13 @@ def standard_suite(data_spec: str, *, shift_px: int | None = None, shift_seed: i
     shift_px = bundle.info["shift_px"]  # the data set's default when None was asked for
     shape = dict(num_classes=bundle.num_classes, in_chans=bundle.in_chans, img_size=bundle.img_size)
     return [
-        EvalSet("centered", bundle.test, f"{bundle.info['name']} test split", **shape),
+        EvalSet("centered", bundle.test, f"{bundle.info['name']} test split", **shape, meta={"data": data_spec}),
         EvalSet(
             "shifted",
             bundle.shifted_test,
             f"{bundle.info['name']} test split shifted by ±{shift_px} px in x and y (seed {shift_seed})",
             **shape,
-            meta={"shift_px": shift_px, "shift_seed": shift_seed},
+            meta={"shift_px": shift_px, "shift_seed": shift_seed, "data": data_spec},
         ),
     ]
 
