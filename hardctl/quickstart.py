@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_DISTILL", "DEFAULT_TEACHER", "cache_dir", "default_teacher",
 # What a bare `hardctl distill` runs (the README's main job): the `hard-affine` arm of the transfer-digits
 # recipe, whose settings are explained there.
 DEFAULT_DISTILL = {"data": "digits", "model": "hard_mnist_mlp", "augmentor": "affine", "epochs": 100, "lr": 5e-3,
-                   "l_min": 0.1, "aug_lr": 0.01, "max_aug_steps": 100}
+                   "l_min": 0.1, "aug_lr": 0.01, "max_aug_steps": 100, "aug_options": {"min_sigma": 0.05}}
 # How the cached default teacher is trained: random shifts give it the invariance HARD transfers.
 DEFAULT_TEACHER = {"model": "hard_mnist_cnn", "epochs": 30, "lr": 5e-3, "seed": 0, "augment": "shift"}
 
@@ -66,13 +66,12 @@ def apply_default_recipe(cfg: RunConfig, *, explicit: set[str], say=None) -> Run
     """``cfg`` with the default recipe under what the user typed, and the default teacher for its data."""
     say = say or (lambda message: print(message, file=sys.stderr))
     values = dataclasses.asdict(cfg)
-    typed = {"student" if name == "model" else name for name in explicit}
+    option_of = {"model": "student", "aug_options": "aug_opt"}  # config field -> the option that sets it
     for key, value in DEFAULT_DISTILL.items():
-        option = "student" if key == "model" else key
-        if option not in typed:
+        if option_of.get(key, key) not in explicit:
             values[key] = value
     resolved = RunConfig(**values)
-    if not typed - {"out", "force", "json", "log_every", "workers", "device"}:
+    if not explicit - {"out", "force", "json", "log_every", "workers", "device"}:
         say("hardctl: no --teacher: running the default recipe (digits, CNN teacher -> MLP student, HARD-Affine); "
             "options on the command line override it")
     resolved.teacher = str(default_teacher(resolved.data, shift_px=resolved.shift_px, say=say))

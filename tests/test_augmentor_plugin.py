@@ -72,7 +72,7 @@ def test_installed_example_trains_in_a_composition_with_a_builtin(brightness_sit
     assert hard["augmentor"] == "brightness+affine" and hard["mode"] == "phases"
     expected = {"brightness.gain_sigma_init": 0.2, "brightness.bias_sigma_init": 0.05, "brightness.pivot": 0.25,
                 "brightness.per_channel": False, "affine.sigma_init": 0.01, "affine.padding_mode": "border",
-                "affine.align_corners": False}
+                "affine.align_corners": False, "affine.min_sigma": 0.0}
     assert hard["options"] == expected
     assert hard["aug_steps"] >= 2 and hard["pool_size"] >= 2 and hard["student_steps"] == summary["steps"]
 

@@ -132,7 +132,8 @@ def test_resolved_config_takes_the_augmentors_paper_defaults(tmp_path):
     cfg = RunConfig(command="distill", teacher="t", augmentor="affine", l_max=0.6).validate().resolve_hard()
     assert (cfg.l_min, cfg.l_max, cfg.switch_patience, cfg.lambda_s, cfg.lambda_t, cfg.aug_lr, cfg.aug_batch_size) == (
         0.05, 0.6, 5, 1.0, 1.0, 0.05, 128)
-    assert cfg.aug_options == {"sigma_init": 0.01, "padding_mode": "zeros", "align_corners": False}
+    assert cfg.aug_options == {"sigma_init": 0.01, "padding_mode": "zeros", "align_corners": False,
+                               "min_sigma": 0.0}
     cfg.save(tmp_path)
     assert RunConfig.load(tmp_path) == cfg  # the concrete numbers land in config.toml
     with pytest.raises(UsageError, match=r"--l-min \(0.5\) must be below --l-max \(0.4\)"):

@@ -36,20 +36,22 @@ class AffineAugmentor(Augmentor):
         Option("padding_mode", str, "zeros", "pixels warped in from outside the image",
                choices=("zeros", "border", "reflection")),
         Option("align_corners", bool, False, "grid_sample's align_corners (False: pixel areas, torch's default)"),
+        Option("min_sigma", float, 0.0, "floor added to every std, so the learned distribution cannot collapse "
+               "to a single warp (0: the paper's unconstrained Gaussian)", min=0.0),
     )
     teacher_term = True
     hard_defaults = HardDefaults(l_min=0.05, l_max=0.40, patience=5, lambda_s=1.0, lambda_t=1.0, lr=0.05, batch_size=128)
 
     def __init__(self, *, in_chans: int, img_size, sigma_init: float = 0.01, padding_mode: str = "zeros",
-                 align_corners: bool = False):
+                 align_corners: bool = False, min_sigma: float = 0.0):
         super().__init__(in_chans=in_chans, img_size=img_size)
         self.mean = nn.Parameter(torch.tensor(IDENTITY_AFFINE))
         self.log_std = nn.Parameter(torch.full((6,), math.log(sigma_init)))
-        self.padding_mode, self.align_corners = padding_mode, align_corners
+        self.padding_mode, self.align_corners, self.min_sigma = padding_mode, align_corners, float(min_sigma)
 
     def sample_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         eps = torch.randn(x.shape[0], 6, device=x.device, dtype=torch.float32)
-        theta = self.mean.float() + self.log_std.float().exp() * eps
+        theta = self.mean.float() + (self.min_sigma + self.log_std.float().exp()) * eps
         return {"theta": theta.view(-1, 2, 3)}
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
