@@ -164,7 +164,7 @@ def test_affine_identity_leaves_images_and_composition_chains_parts():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"sigma": "0.1"}, "unknown augmentor option 'sigma' for affine; did you mean 'sigma_init'?"),
+    ({"sigma_int": "0.1"}, "unknown augmentor option 'sigma_int' for affine; did you mean 'sigma_init'?"),
     ({"sigma_init": "abc"}, "augmentor 'affine' option 'sigma_init' must be a number, got 'abc'"),
     ({"sigma_init": "-1"}, "augmentor 'affine' option sigma_init=-1.0 is out of range"),
     ({"padding_mode": "wrap"}, "option padding_mode='wrap' is not one of zeros, border, reflection"),
