@@ -1,0 +1,48 @@
+"""Recipes: one of the paper's tables as a TOML file of arms × seeds, run by one command.
+
+A recipe file has three parts::
+
+    [recipe]
+    name = "transfer-digits"          # default: the file's stem
+    kind = "transfer"                 # transfer (arms of train/distill runs) | toy (hardctl.toy)
+    description = "CNN → MLP on digits, the paper's table 1 at CPU scale"
+    paper = "Table 1 (CNN → MLP)"
+    seeds = [0, 1, 2]
+
+    [defaults]                        # RunConfig fields shared by every arm
+    data = "digits"
+    epochs = 30
+
+    [[arm]]                           # one row of the table, in order
+    id = "teacher"                    # its folder: OUT/<id>/seed-<n>
+    label = "Teacher only"            # its row label
+    command = "train"
+    model = "mnist_cnn"
+
+    [[arm]]
+    id = "kd"
+    label = "KD"
+    command = "distill"
+    teacher = "@teacher"              # that arm's run directory for the same seed
+    model = "mnist_mlp"
+    augmentor = "none"
+
+Every arm key except ``id`` and ``label`` is a :class:`~hardctl.config.RunConfig` field that
+overrides ``[defaults]``; ``seed`` is set per seed. :func:`run_recipe` trains the arms seed by seed
+into ``OUT/<arm>/seed-<n>`` (reusing a finished run whose saved configuration is the same, so an
+interrupted recipe continues where it stopped) and writes ``results.json``, ``results.md`` (the
+paper's layout: rows = arms, columns centered and shifted test accuracy as mean ± s.e.m.) and the
+resolved ``recipe.toml`` into ``OUT``.
+"""
+
+
+from hardctl.recipes.results import (PlannedRun, collect, format_delta, format_mean_sem, markdown, mean_sem,
+                                     reproduce_command, saved_config_matches, shift_label, write_results)
+from hardctl.recipes.runner import list_recipes, run_recipe
+from hardctl.recipes.spec import (KINDS, Arm, Recipe, apply_overrides, check_value, describe_file, load_recipe,
+                                  parse_overrides, parse_recipe, parse_value, read_toml, recipe_path)
+
+__all__ = ["KINDS", "Arm", "Recipe", "PlannedRun", "apply_overrides", "check_value", "collect", "describe_file",
+           "format_delta", "format_mean_sem", "list_recipes", "load_recipe", "markdown", "mean_sem",
+           "parse_overrides", "parse_recipe", "parse_value", "read_toml", "recipe_path", "reproduce_command",
+           "run_recipe", "saved_config_matches", "shift_label", "write_results"]

@@ -1,0 +1,166 @@
+"""Running a recipe: arms × seeds into OUT/<arm>/seed-<n>, reusing finished runs, then the results."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from hardctl.errors import HardctlError, UsageError
+from hardctl.recipes.results import (PlannedRun, _resumable, _summary, collect, format_delta, format_mean_sem,
+                                     markdown, mean_sem, reproduce_command, saved_config_matches, shift_label,
+                                     write_results)
+from hardctl.recipes.spec import (KINDS, Arm, Recipe, _toy_module, apply_overrides, describe_file, load_recipe,
+                                  parse_overrides, parse_recipe, recipe_path)
+
+
+def _select_arms(recipe: Recipe, arms: Iterable[str] | None, log) -> list[str]:
+    """The arm ids to run, in recipe order, with the arms they reference added."""
+    if arms is None:
+        return [a.id for a in recipe.arms]
+    wanted = [a.strip() for a in arms if a.strip()]
+    if not wanted:
+        raise UsageError("--arms names no arm", hint=f"its arms: {', '.join(a.id for a in recipe.arms)}")
+    chosen = {recipe.arm(a).id for a in wanted}
+    changed = True
+    while changed:
+        changed = False
+        for arm_id in list(chosen):
+            for ref in recipe.arm(arm_id).refs:
+                if ref not in chosen:
+                    chosen.add(ref)
+                    changed = True
+                    log(f"arm {arm_id!r} needs arm {ref!r} (its teacher): running it too")
+    return [a.id for a in recipe.arms if a.id in chosen]
+
+
+def _run_toy(recipe: Recipe, out_dir: Path, *, seeds: list[int], overrides: dict[str, str],
+             arms: list[str] | None, reuse: bool, progress) -> dict[str, Any]:
+    """Hand a toy recipe to :func:`hardctl.toy.run_recipe` (with the options it takes)."""
+    toy = _toy_module()
+    if toy is None:
+        raise UsageError(f"recipe {recipe.name!r} is a toy recipe, and this hardctl has no hardctl.toy")
+    accepted = inspect.signature(toy.run_recipe).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    extra: dict[str, Any] = {}
+    log = progress.log if progress is not None else None  # the toy reports lines through a callable
+    for key, value, unsupported in (("arms", arms, arms is not None), ("reuse", reuse, not reuse),
+                                    ("progress", log, False)):
+        if takes_all or key in accepted:
+            extra[key] = value
+        elif unsupported:
+            option = {"arms": "--arms", "reuse": "--no-reuse"}[key]
+            raise UsageError(f"{option} is not supported for toy recipes")
+    return toy.run_recipe(copy.deepcopy(recipe.raw), out_dir, seeds=seeds, overrides=overrides, **extra)
+
+
+def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Iterable[int] | None = None,
+               arms: Iterable[str] | None = None, overrides: dict[str, str] | None = None, reuse: bool = True,
+               progress=None) -> dict[str, Any]:
+    """Run ``recipe``'s arms × seeds into ``out_dir`` and return (and write) the results.
+
+    ``progress`` is a :class:`hardctl.distill.progress.Reporter` (silent by default): it gets one line
+    per run and every run's training progress. With ``reuse``, a run whose ``summary.json`` exists and
+    whose ``config.toml`` equals the planned configuration is not trained again (and one that stopped
+    midway is resumed from its last checkpoint); without it, every run starts afresh.
+    """
+    from hardctl.distill.progress import Reporter
+
+    reporter = progress if progress is not None else Reporter()
+    overrides = dict(overrides or {})
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    seeds = list(recipe.seeds if seeds is None else seeds)
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise UsageError(f"--seeds must list integers >= 0, got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds lists a seed twice: {seeds}")
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} exists and is not a folder", hint="pick another --out")
+
+    if recipe.kind == "toy":
+        return _run_toy(recipe, out_dir, seeds=seeds, overrides=overrides,
+                        arms=list(arms) if arms is not None else None, reuse=reuse, progress=reporter)
+
+    recipe = apply_overrides(recipe, overrides)
+    arm_ids = _select_arms(recipe, arms, reporter.log)
+    plan: list[PlannedRun] = []
+    for seed in seeds:  # seed by seed: an interrupted recipe leaves whole seeds behind
+        run_dirs = {arm_id: out_dir / arm_id / f"seed-{seed}" for arm_id in arm_ids}
+        for arm_id in arm_ids:
+            arm = recipe.arm(arm_id)
+            cfg = recipe.config(arm, seed, run_dirs)
+            try:
+                cfg = cfg.resolve_hard()
+            except UsageError as exc:
+                raise UsageError(f"recipe {recipe.name!r}, arm {arm_id!r}: {exc.message}", hint=exc.hint) from None
+            plan.append(PlannedRun(arm, seed, run_dirs[arm_id], cfg))
+
+    from hardctl.distill.trainer import run as train_run
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    statuses: dict[Path, str] = {}
+    done_at: dict[Path, float] = {}  # when each run's summary was written (to never reuse over a newer teacher)
+    for number, p in enumerate(plan, 1):
+        tag = f"[{number}/{len(plan)}] {p.arm.label} ({p.arm.id}), seed {p.seed}"
+        deps = [p.run_dir.parent.parent / ref / f"seed-{p.seed}" for ref in p.arm.refs]
+        summary_file = p.run_dir / "summary.json"
+        matches = reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
+        newest_dep = max((done_at.get(d, 0.0) for d in deps), default=0.0)
+        if matches and summary_file.is_file() and summary_file.stat().st_mtime >= newest_dep and _summary(p.run_dir):
+            status = "reused"
+            reporter.log(f"{tag}: finished before, reusing {p.run_dir}")
+        else:
+            resume = matches and not summary_file.is_file() and _resumable(p.run_dir, p.cfg.epochs)
+            if resume:
+                status = "resumed"
+                reporter.log(f"{tag}: resuming the interrupted run in {p.run_dir}")
+            else:
+                status = "trained"
+                why = "" if not p.run_dir.exists() or not any(p.run_dir.iterdir()) else (
+                    " (replacing it: --no-reuse)" if not reuse else
+                    " (replacing it: its configuration changed)" if not matches else
+                    " (replacing it: its teacher was retrained)" if summary_file.is_file() else
+                    " (replacing an unfinished run that cannot be resumed)")
+                reporter.log(f"{tag}: training into {p.run_dir}{why}")
+            started = time.perf_counter()
+            try:
+                train_run(p.cfg, p.run_dir, resume=resume, force=not resume, reporter=reporter)
+            except HardctlError as exc:
+                raise type(exc)(f"{p.arm.id} seed {p.seed}: {exc.message}", hint=exc.hint) from exc
+            reporter.log(f"{tag}: done in {time.perf_counter() - started:.0f}s")
+        statuses[p.run_dir] = status
+        done_at[p.run_dir] = summary_file.stat().st_mtime
+        write_results(out_dir, collect(recipe, plan, statuses, seeds=seeds, overrides=overrides, out_dir=out_dir),
+                      recipe)
+    results = collect(recipe, plan, statuses, seeds=seeds, overrides=overrides, out_dir=out_dir)
+    files = write_results(out_dir, results, recipe)
+    results["files"] = {k: str(v) for k, v in files.items()}
+    return results
+
+
+def list_recipes() -> list[dict[str, Any]]:
+    """Every registered recipe: name, kind, description, arms, seeds, file (and an error if it is broken)."""
+    from hardctl import plugins
+
+    rows = []
+    for entry in plugins.recipes:
+        row: dict[str, Any] = {"name": entry.name, "plugin": entry.plugin, "path": str(entry.obj),
+                               "description": entry.help}
+        try:
+            recipe = load_recipe(Path(entry.obj))
+            row.update(kind=recipe.kind, description=recipe.description, paper=recipe.paper,
+                       arms=[a.id for a in recipe.arms], seeds=recipe.seeds, error=None)
+        except HardctlError as exc:
+            row.update(kind=None, paper="", arms=[], seeds=[], error=exc.oneline())
+        rows.append(row)
+    return rows
+
+
+__all__ = ["KINDS", "Arm", "Recipe", "load_recipe", "parse_recipe", "describe_file", "apply_overrides",
+           "parse_overrides", "run_recipe", "list_recipes", "markdown", "format_mean_sem", "recipe_path",
+           "saved_config_matches", "mean_sem", "format_delta", "shift_label", "reproduce_command"]
+

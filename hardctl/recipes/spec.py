@@ -1,0 +1,394 @@
+"""Recipe files: the format, its validation, and command-line overrides (see :mod:`hardctl.recipes`)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from hardctl.config import RunConfig
+from hardctl.errors import UsageError, did_you_mean
+
+KINDS = ("transfer", "toy")
+RECIPE_KEYS = ("name", "kind", "description", "paper", "seeds")
+SECTIONS = {"transfer": ("recipe", "defaults", "arm"), "toy": ("recipe", "toy")}  # toy: settings in [toy]
+ARM_OWN_KEYS = ("id", "label")
+PER_SEED = "seed"  # set by the runner for every seed, never by a recipe
+RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != PER_SEED)
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
+IGNORED_FOR_REUSE = ("log_every",)  # how a run is watched, not what it computes
+ARM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+RESULTS_JSON, RESULTS_MD, RESOLVED_RECIPE = "results.json", "results.md", "recipe.toml"
+
+
+@dataclass
+class Arm:
+    """One row of a recipe's table: the RunConfig values that differ from ``[defaults]``."""
+
+    id: str
+    label: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def refs(self) -> list[str]:
+        """The arms this one needs for the same seed (``teacher = "@ID"``)."""
+        teacher = self.values.get("teacher")
+        return [teacher[1:]] if isinstance(teacher, str) and teacher.startswith("@") else []
+
+
+@dataclass
+class Recipe:
+    """A parsed and validated recipe. ``raw`` is the TOML document it came from (overrides applied)."""
+
+    name: str
+    kind: str
+    description: str
+    paper: str
+    seeds: list[int]
+    defaults: dict[str, Any]
+    arms: list[Arm]
+    source: str  # the file it was read from, or a description of where it came from
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def arm(self, arm_id: str) -> Arm:
+        for arm in self.arms:
+            if arm.id == arm_id:
+                return arm
+        ids = [a.id for a in self.arms]
+        raise UsageError(f"recipe {self.name!r} has no arm {arm_id!r}{did_you_mean(arm_id, ids)}",
+                         hint=f"its arms: {', '.join(ids)}")
+
+    def config(self, arm: Arm, seed: int, run_dirs: dict[str, Path] | None = None) -> RunConfig:
+        """The RunConfig of ``arm`` for ``seed``; ``run_dirs`` resolves ``@ID`` references."""
+        values = {**self.defaults, **arm.values, PER_SEED: seed}
+        values = {k: v for k, v in values.items() if v is not None}  # None: the field's own default
+        for ref in arm.refs:
+            values["teacher"] = str(run_dirs[ref]) if run_dirs is not None else f"@{ref}"
+        try:
+            return RunConfig.from_dict(values).validate()
+        except UsageError as exc:
+            raise UsageError(f"recipe {self.name!r}, arm {arm.id!r}: {exc.message}", hint=exc.hint) from None
+
+    def to_toml(self) -> str:
+        """The recipe as TOML (what ``recipe.toml`` in an output folder holds)."""
+        raw = _without_none(self.raw)
+        head = raw.setdefault("recipe", {})
+        head.update(name=self.name, kind=self.kind)
+        ordered = {"recipe": head, **{k: v for k, v in raw.items() if k != "recipe"}}
+        return tomli_w.dumps(ordered)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _type_name(tp: Any) -> str:
+    base = _base_type(tp)
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "a table"}.get(base, str(tp))
+
+
+def _base_type(tp: Any) -> Any:
+    """``int | None`` -> int, ``dict[str, Any]`` -> dict."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    return origin or tp
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def check_value(key: str, value: Any, where: str) -> Any:
+    """``value`` for RunConfig field ``key`` with the field's type (ints are accepted for floats)."""
+    tp = FIELD_TYPES[key]
+    base = _base_type(tp)
+    if value is None and _optional(tp):
+        return None
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        dict: isinstance(value, dict),
+    }.get(base, True)
+    if not ok:
+        raise UsageError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+    return float(value) if base is float else value
+
+
+def parse_value(key: str, text: str, where: str) -> Any:
+    """A ``--set`` string for RunConfig field ``key``, converted to the field's type."""
+    tp = FIELD_TYPES[key]
+    base = _base_type(tp)
+    stripped = text.strip()
+    if _optional(tp) and stripped.lower() in ("none", "null", ""):
+        return None
+    try:
+        if base is bool:
+            words = {"true": True, "yes": True, "on": True, "1": True,
+                     "false": False, "no": False, "off": False, "0": False}
+            return words[stripped.lower()]
+        if base is int:
+            return int(stripped)
+        if base is float:
+            value = float(stripped)
+            if not math.isfinite(value):
+                raise ValueError(stripped)
+            return value
+        if base is dict:
+            value = tomllib.loads(f"value = {stripped}")["value"]
+            if not isinstance(value, dict):
+                raise ValueError(stripped)
+            return value
+    except (KeyError, ValueError, tomllib.TOMLDecodeError):
+        example = {dict: " such as {sigma = 0.1}"}.get(base, "")
+        raise UsageError(f"{where}: {key} takes {_type_name(tp)}{example}, got {text!r}") from None
+    return text
+
+
+def _table(raw: Any, what: str, source: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise UsageError(f"recipe {source}: {what} must be a table, got {type(raw).__name__}")
+    return raw
+
+
+def _check_keys(table: dict[str, Any], allowed: Iterable[str], what: str, source: str) -> None:
+    allowed = list(allowed)
+    for key in table:
+        if key not in allowed:
+            hint_names = ", ".join(allowed) if len(allowed) <= 8 else "the fields of hardctl.config.RunConfig"
+            raise UsageError(f"recipe {source}: unknown key {key!r} in {what}{did_you_mean(key, allowed)}",
+                             hint=f"allowed: {hint_names}")
+
+
+def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe") -> Recipe:
+    """Validate a recipe document (already read from TOML) and return it as a :class:`Recipe`."""
+    head = _table(raw.get("recipe", {}), "[recipe]", source)
+    _check_keys(head, RECIPE_KEYS, "[recipe]", source)
+    name = head.get("name", default_name)
+    kind = head.get("kind", "transfer")
+    for key in ("name", "kind", "description", "paper"):
+        if key in head and not isinstance(head[key], str):
+            raise UsageError(f"recipe {source}: [recipe] {key} must be a string, got {head[key]!r}")
+    if kind not in KINDS:
+        raise UsageError(f"recipe {source}: unknown kind {kind!r}{did_you_mean(kind, KINDS)}",
+                         hint=f"kinds: {', '.join(KINDS)}")
+    _check_keys(raw, SECTIONS[kind], f"a {kind} recipe (sections)", source)
+    seeds = head.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise UsageError(f"recipe {source}: [recipe] seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"recipe {source}: [recipe] seeds lists a seed twice: {seeds}")
+    if kind == "toy":  # hardctl.toy owns the [toy] settings and the arms
+        return _parse_toy(raw, source, name=name, head=head, seeds=seeds)
+    defaults = dict(_table(raw.get("defaults", {}), "[defaults]", source))
+    raw_arms = raw.get("arm", [])
+    if not isinstance(raw_arms, list) or not raw_arms:
+        raise UsageError(f"recipe {source}: no [[arm]] tables", hint="a recipe needs at least one arm")
+    arms: list[Arm] = []
+    for number, raw_arm in enumerate(raw_arms, 1):
+        table = dict(_table(raw_arm, f"[[arm]] number {number}", source))
+        arm_id = table.pop("id", None)
+        if not isinstance(arm_id, str) or not ARM_ID.match(arm_id):
+            raise UsageError(f"recipe {source}: [[arm]] number {number} needs an id of letters, digits, '-' "
+                             f"and '_', got {arm_id!r}")
+        if any(a.id == arm_id for a in arms):
+            raise UsageError(f"recipe {source}: two arms have the id {arm_id!r}")
+        label = table.pop("label", arm_id)
+        if not isinstance(label, str):
+            raise UsageError(f"recipe {source}: arm {arm_id!r}: label must be a string, got {label!r}")
+        arms.append(Arm(arm_id, label, table))
+    recipe = Recipe(name=name, kind=kind, description=head.get("description", ""), paper=head.get("paper", ""),
+                    seeds=list(seeds), defaults=defaults, arms=arms, source=source, raw=copy.deepcopy(raw))
+    _validate_transfer(recipe)
+    return recipe
+
+
+def _toy_module():
+    """:mod:`hardctl.toy`, or None where this hardctl has none."""
+    try:
+        from hardctl import toy
+    except ModuleNotFoundError as exc:
+        if exc.name != "hardctl.toy":
+            raise
+        return None
+    return toy
+
+
+def _parse_toy(raw: dict[str, Any], source: str, *, name: str, head: dict[str, Any], seeds: list[int]) -> Recipe:
+    """A ``kind = "toy"`` recipe: ``[toy]`` holds :class:`hardctl.toy.ToySettings` values, checked here."""
+    settings = dict(_table(raw.get("toy", {}), "[toy]", source))
+    toy = _toy_module()
+    arms: list[Arm] = []
+    if toy is not None:
+        try:
+            toy.settings_from(settings, where="[toy] setting")
+        except UsageError as exc:
+            raise UsageError(f"recipe {source}: {exc.message}", hint=exc.hint) from None
+        arms = [Arm(a, toy.ARM_TITLES.get(a, a)) for a in toy.ARMS]
+    return Recipe(name=name, kind="toy", description=head.get("description", ""), paper=head.get("paper", ""),
+                  seeds=list(seeds), defaults=settings, arms=arms, source=source, raw=copy.deepcopy(raw))
+
+
+def _validate_transfer(recipe: Recipe) -> None:
+    source = recipe.source
+    if PER_SEED in recipe.defaults:
+        raise UsageError(f"recipe {source}: [defaults] sets seed", hint="seeds come from [recipe] seeds or --seeds")
+    _check_keys(recipe.defaults, RUN_FIELDS, "[defaults]", source)
+    for key, value in recipe.defaults.items():
+        recipe.defaults[key] = check_value(key, value, f"recipe {source}, [defaults]")
+    seen: list[str] = []
+    for arm in recipe.arms:
+        if PER_SEED in arm.values:
+            raise UsageError(f"recipe {source}: arm {arm.id!r} sets seed",
+                             hint="seeds come from [recipe] seeds or --seeds")
+        _check_keys(arm.values, (*ARM_OWN_KEYS, *RUN_FIELDS), f"arm {arm.id!r}", source)
+        for key, value in arm.values.items():
+            arm.values[key] = check_value(key, value, f"recipe {source}, arm {arm.id!r}")
+        for ref in arm.refs:
+            if ref not in seen:
+                ids = [a.id for a in recipe.arms]
+                where = "a later arm" if ref in ids else f"no arm{did_you_mean(ref, ids)}"
+                raise UsageError(f"recipe {source}: arm {arm.id!r} takes its teacher from '@{ref}', which is {where}",
+                                 hint=f"'@ID' must name an arm listed before it: {', '.join(seen) or 'none'}")
+        cfg = recipe.config(arm, recipe.seeds[0])
+        if cfg.augment != "none":
+            from hardctl.data.transforms import TRANSFORM_NAMES
+
+            if cfg.augment.strip().lower() not in TRANSFORM_NAMES:
+                raise UsageError(f"recipe {source}, arm {arm.id!r}: unknown augment {cfg.augment!r}"
+                                 f"{did_you_mean(cfg.augment, TRANSFORM_NAMES)}",
+                                 hint=f"known: {', '.join(TRANSFORM_NAMES)}")
+        seen.append(arm.id)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"recipe file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"recipe {path} is a folder, not a TOML file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot parse recipe {path}: {exc}") from None
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The file of a registered recipe name, or ``name_or_path`` itself when it is a path."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists() or text.endswith(".toml") or "/" in text or "\\" in text:
+        return path
+    from hardctl import plugins
+
+    try:
+        return Path(plugins.recipes.get(text).obj)
+    except UsageError as exc:
+        raise UsageError(exc.message, hint=f"{exc.hint}; or pass a recipe file path") from None
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A registered recipe (``hardctl recipes``) by name, or a recipe TOML file by path, validated."""
+    path = recipe_path(name_or_path)
+    return parse_recipe(read_toml(path), str(path), default_name=path.stem)
+
+
+def describe_file(path: str | Path) -> str:
+    """The one-line description of a recipe file ("" when the file cannot be read)."""
+    try:
+        head = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("recipe", {})
+        text = head.get("description", "") if isinstance(head, dict) else ""
+        return text.strip().splitlines()[0] if isinstance(text, str) and text.strip() else ""
+    except Exception:  # a broken file must not break listing
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------- overrides
+def apply_overrides(recipe: Recipe, overrides: dict[str, str] | Iterable[str]) -> Recipe:
+    """A new recipe with ``KEY=VALUE`` (``[defaults]``) and ``ARM_ID.KEY=VALUE`` (one arm) applied.
+
+    Values are converted to the RunConfig field's type; ``none`` unsets an optional field.
+    """
+    pairs = parse_overrides(overrides) if not isinstance(overrides, dict) else dict(overrides)
+    if not pairs:
+        return recipe
+    if recipe.kind != "transfer":
+        raise UsageError(f"recipe {recipe.name!r} is a {recipe.kind} recipe; its overrides go to hardctl.{recipe.kind}")
+    raw = copy.deepcopy(recipe.raw)
+    defaults = raw.setdefault("defaults", {})
+    arm_tables = {table["id"]: table for table in raw["arm"]}
+    for key, text in pairs.items():
+        arm_id, dot, name = key.rpartition(".")
+        where = f"--set {key}={text}"
+        if dot and arm_id not in arm_tables:
+            ids = list(arm_tables)
+            raise UsageError(f"{where}: recipe {recipe.name!r} has no arm {arm_id!r}{did_you_mean(arm_id, ids)}",
+                             hint=f"its arms: {', '.join(ids)}")
+        name = name.strip().replace("-", "_")
+        if name == PER_SEED:
+            raise UsageError(f"{where}: the seed is set per seed", hint="use --seeds")
+        if name in ARM_OWN_KEYS and dot:
+            if name == "id":
+                raise UsageError(f"{where}: an arm's id cannot be overridden")
+            arm_tables[arm_id][name] = text
+            continue
+        if name not in RUN_FIELDS:
+            raise UsageError(f"{where}: unknown setting {name!r}{did_you_mean(name, RUN_FIELDS)}",
+                             hint="settings are the fields of hardctl.config.RunConfig (the options of train/distill)")
+        target = arm_tables[arm_id] if dot else defaults
+        value = parse_value(name, text, where)
+        if value is None and not dot:
+            # unset in [defaults] and in every arm, so that the field's own default applies
+            defaults.pop(name, None)
+            for table in arm_tables.values():
+                table.pop(name, None)
+        else:
+            target[name] = value  # None in an arm: unset for that arm only
+    resolved = parse_recipe(raw, recipe.source, default_name=recipe.name)
+    resolved.raw.setdefault("recipe", {})["name"] = recipe.name
+    return resolved
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["lr=0.01", "kd.epochs=3"]`` -> ``{"lr": "0.01", "kd.epochs": "3"}`` (later ones win)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set epochs=5 or --set kd.lr=0.01")
+        pairs[key.strip()] = value
+    return pairs
+
+
+def _without_none(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` as TOML can hold it: an arm's explicit ``None`` (unset) cannot be written as such, so a
+    default that an arm unsets moves down into the arms that keep it."""
+    raw = copy.deepcopy(raw)
+    defaults = raw.get("defaults", {})
+    arms = raw.get("arm", [])
+    for key in {k for table in arms for k, v in table.items() if v is None}:
+        if key in defaults:
+            value = defaults.pop(key)
+            for table in arms:
+                table.setdefault(key, value)
+    for table in [defaults, *arms]:
+        for key in [k for k, v in table.items() if v is None]:
+            del table[key]
+    return raw
+
+
