@@ -146,10 +146,12 @@ class HardTrainer(Trainer):
             self.check_augmented(images, augmented)
             teacher_aug = self.task.teacher(self.task.teacher_normalize(augmented))  # gradients flow to x̃
             student_aug = self.student(self.task.student_normalize(augmented))
-            teacher_clean = self.task.teacher_logits(images)  # no_grad: a constant target
+            # the clean teacher output is a constant target (no_grad), needed only for the invariance term
+            teacher_clean = self.task.teacher_logits(images) if self.cfg.lambda_t else None
         self.student.train()
         l_st = kd_divergence(student_aug, teacher_aug, self.cfg.temperature)
-        l_tt = kd_divergence(teacher_aug, teacher_clean, self.cfg.temperature)
+        l_tt = (kd_divergence(teacher_aug, teacher_clean, self.cfg.temperature) if teacher_clean is not None
+                else torch.zeros((), device=l_st.device))
         loss = -(self.cfg.lambda_s * l_st - self.cfg.lambda_t * l_tt)
         self.check_finite(loss, "the augmentor's loss")
         self.aug_optimizer.zero_grad(set_to_none=True)
