@@ -167,3 +167,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def key_value_pairs(items, *, flag: str, example: str, form: str = "KEY=VALUE",
+                    need_value: bool = False) -> list[tuple[str, str]]:
+    """``["a=1", "b = x"]`` -> ``[("a", "1"), ("b", "x")]`` for repeatable ``FLAG KEY=VALUE`` options.
+
+    An item without ``=`` or with an empty key (or, with ``need_value``, an empty value) is a usage error
+    naming ``flag`` and showing ``example``. Values stay strings: each caller types them against its own
+    schema (augmentor options, RunConfig fields, data folders).
+    """
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or (need_value and not value):
+            raise UsageError(f"{flag} {item!r} is not {form}", hint=f"e.g. {example}")
+        pairs.append((key, value))
+    return pairs
+

@@ -9,7 +9,7 @@ import typer
 from hardctl.cli import app
 from hardctl.cli.common import (HARD, MODEL, D, CeWeight, KdWeight, Temperature, config_from_params,
                                 explicit_options, start_run, with_run_options)
-from hardctl.errors import UsageError
+from hardctl.config import key_value_pairs
 
 _PAPER = "[default: the augmentor's, from the paper]"
 Augmentor = Annotated[str, typer.Option("--augmentor", "-a", rich_help_panel=HARD, help=(
@@ -91,10 +91,4 @@ def distill(
 
 def parse_key_values(items: list[str], flag: str) -> dict[str, str]:
     """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (values are typed later, against the option's type)."""
-    values: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{flag} {item!r} is not KEY=VALUE", hint=f"e.g. {flag} sigma_init=0.05")
-        values[key.strip()] = value.strip()
-    return values
+    return dict(key_value_pairs(items, flag=flag, example=f"{flag} sigma_init=0.05"))

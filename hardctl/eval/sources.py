@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hardctl.config import key_value_pairs
 from hardctl.errors import UsageError, did_you_mean
 
 __all__ = ["Found", "Locator", "Source", "parse_set_options", "skip_reason"]
@@ -93,11 +94,8 @@ def parse_set_options(values: Iterable[str], known: Mapping[str, str]) -> dict[s
     """``["imagenet-a=/data/a", ...]`` -> ``{"imagenet-a": Path("/data/a")}``, checked against ``known``
     (key -> help); a malformed entry, an unknown key or a missing folder is a usage error."""
     out: dict[str, Path] = {}
-    for value in values:
-        key, sep, folder = value.partition("=")
-        key, folder = key.strip(), folder.strip()
-        if not sep or not key or not folder:
-            raise UsageError(f"--set {value!r} is not NAME=DIR", hint="e.g. --set imagenet-a=/data/imagenet-a")
+    for key, folder in key_value_pairs(values, flag="--set", form="NAME=DIR", need_value=True,
+                                       example="--set imagenet-a=/data/imagenet-a"):
         if key not in known:
             names = ", ".join(sorted(known)) or "none"
             raise UsageError(f"--set: the chosen suites read no set {key!r}{did_you_mean(key, known)}",

@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from hardctl.config import RunConfig
+from hardctl.config import RunConfig, key_value_pairs
 from hardctl.errors import UsageError, did_you_mean
 
 KINDS = ("transfer", "toy")
@@ -366,13 +366,7 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, str] | Iterable[str]) -
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     """``["lr=0.01", "kd.epochs=3"]`` -> ``{"lr": "0.01", "kd.epochs": "3"}`` (later ones win)."""
-    pairs: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set epochs=5 or --set kd.lr=0.01")
-        pairs[key.strip()] = value
-    return pairs
+    return dict(key_value_pairs(items, flag="--set", example="--set epochs=5 or --set kd.lr=0.01"))
 
 
 def _without_none(raw: dict[str, Any]) -> dict[str, Any]:
