@@ -28,7 +28,7 @@ from torch.utils.data import default_collate
 
 from hardctl.augment import AugmentorPool, check_output
 from hardctl.augment.pool import POOL_DIR
-from hardctl.distill.losses import kd_divergence, kd_loss
+from hardctl.distill.losses import kd_divergence
 from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
 from hardctl.distill.trainer import Components, Trainer
 from hardctl.errors import TrainingError
@@ -123,8 +123,7 @@ class HardTrainer(Trainer):
         with autocast_for(self.device, self.amp):
             teacher_logits = self.task.teacher_logits(augmented)
             logits = self.student(self.task.student_normalize(augmented))
-            parts = kd_loss(logits, teacher_logits, labels, temperature=self.cfg.temperature,
-                            kd_weight=self.cfg.kd_weight, ce_weight=self.cfg.ce_weight)
+            parts = self.task.loss(logits, teacher_logits, labels)
         loss = parts["loss"]
         self.check_finite(loss)
         self.optimise(loss)
@@ -187,8 +186,7 @@ class HardTrainer(Trainer):
             reversed_input = GradReverse.apply(augmented, float(self.cfg.lambda_s))
             teacher_logits = self.task.teacher(self.task.teacher_normalize(reversed_input))
             logits = self.student(self.task.student_normalize(reversed_input))
-            parts = kd_loss(logits, teacher_logits, labels, temperature=self.cfg.temperature,
-                            kd_weight=self.cfg.kd_weight, ce_weight=self.cfg.ce_weight)
+            parts = self.task.loss(logits, teacher_logits, labels)
         loss = parts["loss"]
         self.check_finite(loss)
         self.optimise(loss, self.aug_optimizer)  # one scaler for the one backward pass

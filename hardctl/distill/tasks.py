@@ -61,14 +61,12 @@ class DistillTask(nn.Module):
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher(self.teacher_normalize(images))
 
+    def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+             labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The KD objective with this task's temperature and weights (HARD's steps reuse it on x̃)."""
+        return kd_loss(student_logits, teacher_logits, labels, temperature=self.temperature,
+                       kd_weight=self.kd_weight, ce_weight=self.ce_weight)
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.student(self.student_normalize(images))
-        parts = kd_loss(
-            logits,
-            self.teacher_logits(images),
-            labels,
-            temperature=self.temperature,
-            kd_weight=self.kd_weight,
-            ce_weight=self.ce_weight,
-        )
-        return {**parts, "logits": logits}
+        return {**self.loss(logits, self.teacher_logits(images), labels), "logits": logits}
