@@ -45,12 +45,13 @@ PHASE_COLOURS = {"student": "#4c72b0", "augmentor": "#dd8452", "joint": "#55a868
 
 # ---------------------------------------------------------------------------------------- the entry point
 def render(run_dir: str | Path, out_dir: str | Path | None = None, *, rows: int = 8, snapshots: int = 6,
-           seed: int = 0) -> dict[str, Path]:
+           seed: int = 0, data=None) -> dict[str, Path]:
     """Draw ``augmentations.png`` and ``phases.png`` for a HARD run; returns ``{"grid": …, "phases": …}``.
 
     ``rows`` validation images, ``snapshots`` pool entries (first and last always among them), the random
     draw fixed by ``seed``. Raises :class:`~hardctl.errors.UsageError` for a folder that is not a run
-    directory or a run without an augmentor pool (plain KD).
+    directory or a run without an augmentor pool (plain KD). ``data``: the run's already loaded
+    :class:`~hardctl.data.DataBundle` (the trainer passes its own instead of reading the data set again).
     """
     from hardctl.augment import build_augmentor
     from hardctl.augment.pool import POOL_DIR, pool_files, read_entry
@@ -73,7 +74,8 @@ def render(run_dir: str | Path, out_dir: str | Path | None = None, *, rows: int 
         raise UsageError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    data = load_data(cfg.data, shift_px=cfg.shift_px, shift_seed=cfg.shift_seed)
+    if data is None:
+        data = load_data(cfg.data, shift_px=cfg.shift_px, shift_seed=cfg.shift_seed)
     source = data.val if len(data.val) else data.test
     count = min(rows, len(source))
     images = torch.stack([torch.as_tensor(source[i][0]).float() for i in range(count)])

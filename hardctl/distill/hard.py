@@ -247,7 +247,7 @@ class HardTrainer(Trainer):
             try:
                 from hardctl.visualize import render
 
-                summary["hard"]["figures"] = {k: str(v) for k, v in render(self.run_dir).items()}
+                summary["hard"]["figures"] = {k: str(v) for k, v in render(self.run_dir, data=self.parts.data).items()}
             except Exception as exc:  # a figure must never cost the user a finished run
                 self.log(f"could not draw the augmentation grid: {type(exc).__name__}: {exc}")
             from hardctl.config import atomic_write_json
