@@ -6,7 +6,11 @@ figure 4 and table 2 (right):
 * ``augmentations.png`` — rows are the first validation images, columns the original and then the
   augmentations made by pool snapshots chosen evenly from the first (the identity) to the last. Every
   column replays the same random draw (the global torch seed is set to ``seed`` before each snapshot),
-  so columns differ only by what the augmentor had learned at that point.
+  so columns differ only by what the augmentor had learned at that point. For an augmentor that mixes
+  images of the batch (its :meth:`~hardctl.augment.Augmentor.sources` reports them, e.g. HARD-Mix) the
+  original column is replaced by one column per source (``source 1`` is the row's image, ``source 2`` …
+  its group partners, taken from the same validation batch) and every mix carries a caption with its
+  sources' mean weights (``71/29 %``); the snapshot titles add the mean over the rows.
 * ``phases.png`` — the switching statistic (the student's error on augmented data, ``aug_error`` in
   ``steps.jsonl``) over iterations, shaded by phase, with ``l_min`` / ``l_max`` and the pool size.
 
@@ -31,7 +35,7 @@ from hardctl.atomic import atomic_path
 from hardctl.errors import UsageError
 
 __all__ = ["GRID_FILE", "PHASES_FILE", "Grid", "assemble_grid", "augmentation_columns", "choose_snapshots",
-           "plot_phases", "read_steps", "render"]
+           "mix_columns", "plot_phases", "read_steps", "render", "weights_caption"]
 
 GRID_FILE = "augmentations.png"
 PHASES_FILE = "phases.png"
@@ -87,9 +91,13 @@ def render(run_dir: str | Path, out_dir: str | Path | None = None, *, rows: int 
     for index in chosen:
         snapshot, info = read_entry(files[index], "cpu")
         entries.append((snapshot, {"index": index, **info}))
-    columns, titles = augmentation_columns(augmentor, images, entries, seed=seed)
-
-    grid = assemble_grid(columns, titles, group_after=1)
+    mixed = mix_columns(augmentor, images, entries, seed=seed)
+    if mixed is None:
+        columns, titles = augmentation_columns(augmentor, images, entries, seed=seed)
+        grid = assemble_grid(columns, titles, group_after=1)
+    else:
+        columns, titles, captions, sources = mixed
+        grid = assemble_grid(columns, titles, captions=captions, group_after=sources)
     grid_path = grid.save(out / GRID_FILE)
     phases_path = plot_phases(read_steps(run_dir / "steps.jsonl"), out / PHASES_FILE, augmentor=cfg.augmentor,
                               l_min=cfg.l_min, l_max=cfg.l_max, switches=_switches_from_epochs(run_dir),
@@ -127,6 +135,46 @@ def augmentation_columns(augmentor, images: torch.Tensor, entries: Sequence[tupl
     return columns, titles
 
 
+def mix_columns(augmentor, images: torch.Tensor, entries: Sequence[tuple[dict, dict]], *, seed: int = 0
+                ) -> tuple[list[torch.Tensor], list[str], list[list[str] | None], int] | None:
+    """For an augmentor whose ``sources`` reports what it mixed (HARD-Mix): ``(columns, titles, captions,
+    G)``, the ``G`` source columns (``source 1``: ``images`` themselves, then their group partners, from
+    the first snapshot's ``index``, which comes from the draw and not from the learned state) and one
+    column of mixes per snapshot, captioned per row with its sources' mean weights. ``None`` for other
+    augmentors. The draw is replayed as in :func:`augmentation_columns`.
+    """
+    if not hasattr(augmentor, "sources_with") or not entries:
+        return None
+    outputs, reports = [], []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for snapshot, _ in entries:
+            torch.manual_seed(seed)
+            report = augmentor.sources_with(snapshot, images)  # first: other augmentors stop here, unsampled
+            if report is None:
+                return None
+            torch.manual_seed(seed)  # the same draw again, for the mix those weights made
+            out = augmentor.forward_with(snapshot, images)
+            outputs.append(out.detach().float().clamp(0.0, 1.0).cpu())
+            reports.append({k: torch.as_tensor(v).detach().cpu() for k, v in report.items()})
+    index = reports[0]["index"].long()
+    group = index.shape[1]
+    columns = [images[index[:, g]] for g in range(group)]
+    titles = ["source 1\n(the image)"] + [f"source {g + 1}\n" + ("(next row)" if g == 1 else f"(row + {g})")
+                                           for g in range(1, group)]
+    captions: list[list[str] | None] = [None] * group
+    for out, report, (_, info) in zip(outputs, reports, entries):
+        weight = report["weight"].float()
+        columns.append(out)
+        titles.append(snapshot_title(info) + "\nmean " + weights_caption(weight.mean(dim=0)))
+        captions.append([weights_caption(row) for row in weight])
+    return columns, titles, captions, group
+
+
+def weights_caption(weights: torch.Tensor) -> str:
+    """``71/29 %``: the sources' weights in per cent, the image's own first."""
+    return "/".join(f"{100 * float(w):.0f}" for w in weights) + " %"
+
+
 def snapshot_title(info: dict[str, Any]) -> str:
     """Two lines for a pool entry: ``#3 switch`` / ``ep 2 · it 410``."""
     head = f"#{info.get('index', '?')}"
@@ -150,10 +198,14 @@ class Grid:
     titles: list[str]
     boxes: list[list[tuple[int, int, int, int]]]  # [column][row]
     scale: int
+    captions: list[list[str] | None] | None = None  # [column][row] text under the pictures, if any
 
     def layout(self) -> dict[str, Any]:
-        return {"titles": self.titles, "boxes": self.boxes, "scale": self.scale,
-                "columns": len(self.boxes), "rows": len(self.boxes[0]) if self.boxes else 0}
+        layout = {"titles": self.titles, "boxes": self.boxes, "scale": self.scale,
+                  "columns": len(self.boxes), "rows": len(self.boxes[0]) if self.boxes else 0}
+        if self.captions is not None:
+            layout["captions"] = self.captions
+        return layout
 
     def save(self, path: str | Path) -> Path:
         """Write the PNG atomically (with the layout as a text chunk); returns ``path``."""
@@ -168,13 +220,15 @@ class Grid:
 
 
 def assemble_grid(columns: Sequence[torch.Tensor], titles: Sequence[str], *, scale: int | None = None,
-                  group_after: int | Sequence[int] = (), background=(255, 255, 255)) -> Grid:
+                  group_after: int | Sequence[int] = (), captions: Sequence[Sequence[str] | None] | None = None,
+                  background=(255, 255, 255)) -> Grid:
     """Lay out ``columns`` (each ``N×C×H×W`` in ``[0, 1]``, the same N) side by side under their ``titles``.
 
     Row ``i`` shows image ``i`` of every column. ``scale`` is the nearest-neighbour upscaling factor
     (default: enough for the longer side to reach :data:`MIN_CELL` pixels). ``group_after`` puts a wider
     gap after those column counts (``1``: after the original), e.g. to set a mixing augmentor's source
-    columns apart from its outputs. One channel is drawn as grey, three as RGB (more: the first three).
+    columns apart from its outputs. ``captions``: per column ``None`` or one line per row, written under
+    each picture (e.g. a mix's weights). One channel is drawn as grey, three as RGB (more: the first three).
     """
     from PIL import Image, ImageDraw
 
@@ -182,6 +236,8 @@ def assemble_grid(columns: Sequence[torch.Tensor], titles: Sequence[str], *, sca
         raise ValueError("assemble_grid needs at least one column")
     if len(titles) != len(columns):
         raise ValueError(f"{len(columns)} columns but {len(titles)} titles")
+    if captions is not None and len(captions) != len(columns):
+        raise ValueError(f"{len(columns)} columns but {len(captions)} caption lists")
     columns = [_as_batch(c) for c in columns]
     n, height, width = columns[0].shape[0], columns[0].shape[-2], columns[0].shape[-1]
     for c in columns:
@@ -197,6 +253,15 @@ def assemble_grid(columns: Sequence[torch.Tensor], titles: Sequence[str], *, sca
     sizes = [probe.multiline_textbbox((0, 0), t, font=font, spacing=2) for t in titles]
     title_h = max(b[3] - b[1] for b in sizes) if titles else 0
     cell_w = max(img_w, *(b[2] - b[0] + 4 for b in sizes))
+    lines = [(c, r, text) for c, column in enumerate(captions or []) if column is not None
+             for r, text in enumerate(column)]
+    if any(column is not None and len(column) != n for column in captions or []):
+        raise ValueError(f"every caption list needs one line per row ({n})")
+    caption_boxes = {(c, r): probe.textbbox((0, 0), text, font=font) for c, r, text in lines}
+    caption_h = max((b[3] - b[1] for b in caption_boxes.values()), default=0)
+    if caption_boxes:
+        caption_h += 2  # space between a picture and its caption
+        cell_w = max(cell_w, *(b[2] - b[0] + 4 for b in caption_boxes.values()))
 
     lefts, x = [], PAD
     for i in range(len(columns)):
@@ -204,24 +269,30 @@ def assemble_grid(columns: Sequence[torch.Tensor], titles: Sequence[str], *, sca
         x += cell_w + PAD + (GROUP_GAP if (i + 1) in groups else 0)
     total_w = x
     top = PAD + title_h + PAD
-    total_h = top + n * (img_h + PAD)
+    row_h = img_h + caption_h + PAD
+    total_h = top + n * row_h
 
     canvas = Image.new("RGB", (total_w, total_h), tuple(background))
     draw = ImageDraw.Draw(canvas)
     boxes: list[list[tuple[int, int, int, int]]] = []
-    for batch, title, left, size in zip(columns, titles, lefts, sizes):
+    for c, (batch, title, left, size) in enumerate(zip(columns, titles, lefts, sizes)):
         text_w = size[2] - size[0]
         draw.multiline_text((left + (cell_w - text_w) // 2 - size[0], PAD - size[1]), title, fill=(0, 0, 0),
                             font=font, spacing=2, align="center")
         x0 = left + (cell_w - img_w) // 2
         col_boxes = []
         for row in range(n):
-            y0 = top + row * (img_h + PAD)
+            y0 = top + row * row_h
             picture = _to_pil(batch[row]).resize((img_w, img_h), Image.NEAREST)
             canvas.paste(picture, (x0, y0))
+            if (c, row) in caption_boxes:
+                box = caption_boxes[(c, row)]
+                draw.text((left + (cell_w - (box[2] - box[0])) // 2 - box[0], y0 + img_h + 2 - box[1]),
+                          captions[c][row], fill=(0, 0, 0), font=font)
             col_boxes.append((x0, y0, x0 + img_w, y0 + img_h))
         boxes.append(col_boxes)
-    return Grid(image=canvas, titles=list(titles), boxes=boxes, scale=scale)
+    return Grid(image=canvas, titles=list(titles), boxes=boxes, scale=scale,
+                captions=[list(c) if c is not None else None for c in captions] if captions is not None else None)
 
 
 def _as_batch(column: torch.Tensor) -> torch.Tensor:

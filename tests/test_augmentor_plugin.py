@@ -199,7 +199,7 @@ def test_a_broken_part_of_a_composition_is_named(inprocess_plugins, cli, digits_
     (("--augmentor", "brightness+noise", "--aug-opt", "noise.pivot=0.2"),
      "unknown option 'pivot' for augmentor 'noise'"),
     (("--augmentor", "brightnes"),
-     ("unknown augmentor 'brightnes'; did you mean 'brightness'? (installed: affine, brightness, noise, "
+     ("unknown augmentor 'brightnes'; did you mean 'brightness'? (installed: affine, brightness, mix, noise, "
      "overexpose, shrink)")),
     (("--augmentor", "brightness+afine"), "unknown augmentor 'afine'; did you mean 'affine'?"),
     (("--augmentor", "brightness", "--l-min", "0.5", "--l-max", "0.4"), "--l-min (0.5) must be below --l-max (0.4)"),

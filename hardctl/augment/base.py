@@ -15,6 +15,12 @@ A plugin declares, as class attributes next to the code:
 
 and may override :meth:`Augmentor.snapshot` / :meth:`Augmentor.forward_with` when its pool state is more
 (or less) than its trainable parameters.
+
+An augmentor that combines several images of the batch (HARD-Mix) may also implement
+:meth:`Augmentor.sources`: for a batch and a draw, ``{"index": B×G LongTensor, "weight": B×G tensor}``, the
+batch indices of the images each output was made from (column 0 the image itself) and how much of each
+went into it (rows summing to 1). ``hardctl visualize`` then shows the sources next to the mixes and
+their weights; the default ``None`` keeps the plain one-column-per-snapshot grid.
 """
 
 from __future__ import annotations
@@ -134,6 +140,12 @@ class Augmentor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(x, self.sample_params(x))
 
+    def sources(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """For augmentors that mix images of the batch: ``{"index": B×G long, "weight": B×G}``, each
+        output's source images (batch indices, column 0 the image itself) and their mean weights under the
+        draw ``params``. ``None`` (the default): every output is made from its own image only."""
+        return None
+
     # -- pool snapshots ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, torch.Tensor]:
         """The state a pool entry keeps: the trainable parameters (frozen pretrained weights are shared)."""
@@ -160,6 +172,15 @@ class Augmentor(nn.Module):
 
         with _swapped_parameters(self, snapshot):
             return run(x)
+
+    def sources_with(self, snapshot: dict[str, torch.Tensor], x: torch.Tensor,
+                     params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+        """:meth:`sources` as the augmentor saved in ``snapshot`` would report them (``params`` as in
+        :meth:`forward_with`: without it a draw is sampled, so seed the RNG as for ``forward_with``)."""
+        if type(self).sources is Augmentor.sources:  # nothing to report: do not sample (Compose cannot)
+            return None
+        with _swapped_parameters(self, snapshot):
+            return self.sources(x, params if params is not None else self.sample_params(x))
 
     def extra_repr(self) -> str:
         return f"in_chans={self.in_chans}, img_size={self.img_size}"

@@ -5,6 +5,8 @@
   image with the reparameterisation trick.
 * ``noise`` — additive Gaussian noise ``x̃ = x + μ + σ·ε`` with learned ``μ`` and ``σ`` (the paper's
   toy augmentor, section 3; on images the result is clamped to ``[0, 1]``).
+* ``mix`` — HARD-Mix (paper section 4.1, :mod:`.mix`): a learned patch-wise convex combination of each
+  image with the next images of its batch, trained jointly with the student.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from hardctl import hookimpl
 from hardctl.augment import Augmentor, HardDefaults, Option
+from hardctl_builtins.mix import MixAugmentor
 
 IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -101,3 +104,5 @@ class NoiseAugmentor(Augmentor):
 def register_augmentors(register):
     register("affine", AffineAugmentor, help="HARD-Affine: learned Gaussian over affine warps (shift, rotate, scale, shear)")
     register("noise", NoiseAugmentor, help="learned additive Gaussian noise x + μ + σ·ε (the paper's toy augmentor)")
+    register("mix", MixAugmentor, help="HARD-Mix: learned patch-wise mix of each image with the next images of its "
+             "batch (joint training)")
