@@ -22,7 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from hardctl.atomic import atomic_path
-from hardctl.errors import UsageError
+from hardctl.errors import UsageError, did_you_mean
 
 CONFIG_FILE = "config.toml"
 
@@ -44,11 +44,15 @@ class RunConfig:
     pretrained: bool = False  # timm-named teacher/model: start from pretrained weights
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: str = "adam"  # adam | adamw | lion | sgd (hardctl.distill.schedules)
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
+    schedule: str = "cosine"  # cosine (warm-up + cosine to min_lr) | plateau (appendix A.1, see PlateauSchedule)
+    plateau_patience: int = 20  # plateau: epochs without a better val acc before the lr decays
+    plateau_factor: float = 0.8  # plateau: lr multiplier of a decay (the best weights are restored)
+    plateau_decays: int = 5  # plateau: the run stops at this many decays
     temperature: float = 5.0
     kd_weight: float = 1.0
     ce_weight: float = 0.0
@@ -61,6 +65,10 @@ class RunConfig:
     shift_seed: int = 0
     log_every: int = 20
     augment: str = "none"  # baseline augmentation of the training images (hardctl.data.transforms), before HARD's
+    random_erasing: float = 0.0  # probability of v2.RandomErasing per image, after --augment (timm's --reprob)
+    mixup: float = 0.0  # MixUp's Beta(α, α) per batch (hardctl.data.mixing); 0 = off
+    cutmix: float = 0.0  # CutMix's Beta(α, α) per batch; 0 = off
+    mix_switch_prob: float = 0.5  # with both on: probability of CutMix for a batch (timm's --mixup-switch-prob)
     # HARD (distill only). None: the augmentor's own default (see hardctl.augment.HardDefaults).
     augmentor: str = "affine"  # a registered augmentor, a composition "a+b", or "none" (plain KD)
     aug_options: dict[str, Any] = field(default_factory=dict)
@@ -108,20 +116,34 @@ class RunConfig:
         return cls(**values)
 
     def validate(self) -> "RunConfig":
+        from hardctl.distill.schedules import OPTIMIZERS, SCHEDULES
+
+        for flag, value, choices in (("--optimizer", self.optimizer, OPTIMIZERS),
+                                     ("--schedule", self.schedule, SCHEDULES)):
+            if value not in choices:
+                raise UsageError(f"unknown {flag} {value!r}{did_you_mean(str(value).lower(), choices)}",
+                                 hint=f"choose {', '.join(choices[:-1])} or {choices[-1]}")
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.lr > 0, "--lr must be positive"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
+            (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0 (longer than --epochs: the run ends mid-warm-up)"),
             (self.temperature > 0, "--temperature must be positive"),
             (self.kd_weight >= 0 and self.ce_weight >= 0, "loss weights must be >= 0"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (self.optimizer in ("adam", "adamw"), "--optimizer must be adam or adamw"),
+            (self.plateau_patience >= 1, "--plateau-patience must be at least 1"),
+            (0 < self.plateau_factor < 1, "--plateau-factor must be between 0 and 1 (exclusive)"),
+            (self.plateau_decays >= 1, "--plateau-decays must be at least 1"),
+            (self.schedule != "plateau" or self.min_lr == 0, "--min-lr applies to --schedule cosine only"),
             (self.amp in ("auto", "bf16", "fp16", "off"), "--amp must be auto, bf16, fp16 or off"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.shift_px is None or self.shift_px >= 0, "--shift-px must be >= 0"),
             (bool(self.augment.strip()), "--augment must name an augmentation or none"),
+            (0 <= self.random_erasing <= 1, "--random-erasing must be a probability in [0, 1]"),
+            (self.mixup >= 0, "--mixup must be >= 0 (MixUp's Beta alpha; 0 turns it off)"),
+            (self.cutmix >= 0, "--cutmix must be >= 0 (CutMix's Beta alpha; 0 turns it off)"),
+            (0 <= self.mix_switch_prob <= 1, "--mix-switch-prob must be a probability in [0, 1]"),
             (self.switch_on in ("teacher", "labels"), "--switch-on must be teacher or labels"),
             (self.max_aug_steps >= 1, "--max-aug-steps must be at least 1"),
             (self.l_min is None or 0 <= self.l_min <= 1, "--l-min must be an error rate in [0, 1]"),
@@ -137,6 +159,9 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        from hardctl.data.transforms import parse_augment
+
+        parse_augment(self.augment)  # an unknown part is a usage error naming it
         if self.command == "distill" and not self.teacher:
             raise UsageError("distill needs --teacher", hint="pass a run directory, safetensors file or timm name")
         return self

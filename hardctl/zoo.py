@@ -1,19 +1,24 @@
-"""The paper's small MNIST models, registered in timm's model registry.
+"""The paper's small MNIST and CIFAR models, registered in timm's model registry.
 
-Importing this module registers three architectures so that ``timm.create_model`` and
+Importing this module registers these architectures so that ``timm.create_model`` and
 ``timm.list_models('hard_*')`` know them exactly like timm's own models:
 
 * ``hard_mnist_cnn``: the MNIST teacher CNN of the orbit-transfer recipes HARD reuses
   (three unpadded 3x3 convolutions, global average pooling, one linear layer; no batch norm).
 * ``hard_mnist_mlp``: the MLP student (512/128/32 hidden units, bias-free output layer).
 * ``hard_vit_mnist``: a small ViT for 28x28 digits, built from timm's ``VisionTransformer``.
+* ``hard_resnet18_cifar``: ResNet-18 for 32x32 images (3x3 stride-1 stem, no max-pool), timm's ``ResNet``.
+* ``hard_vit_cifar``: the paper's CIFAR ViT (6 layers, 8 heads, width 512), timm's ``VisionTransformer``.
+
+The ImageNet models of the paper (ResNet-18/50, ViT-S/14) are timm's own; see ``hardctl.models.ALIASES``.
 
 Every entrypoint follows timm's conventions: it takes ``pretrained``, ``num_classes``, ``in_chans`` and
 ``img_size``, goes through ``build_model_with_cfg`` (which attaches ``pretrained_cfg``/``default_cfg``)
 and has a default cfg made by ``generate_default_cfgs``. No weights are published for these models,
 so their cfgs carry neither ``url`` nor ``hf_hub_id`` and ``timm.is_model_pretrained`` is False.
 
-The default normalisation is mean 0 / std 1: the paper feeds raw ``ToTensor`` pixels in [0, 1].
+The MNIST models' default normalisation is mean 0 / std 1: the paper feeds raw ``ToTensor`` pixels in
+[0, 1]. The CIFAR models normalise with the CIFAR-10 training-set channel statistics.
 """
 
 from __future__ import annotations
@@ -25,9 +30,14 @@ from torch import nn
 
 from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["MnistCNN", "MnistMLP", "vit_mnist_patch_size"]
+__all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CifarResNet", "MnistCNN", "MnistMLP", "vit_mnist_patch_size"]
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+"""Per-channel mean and standard deviation of the CIFAR-10 training images in [0, 1]."""
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -189,6 +199,32 @@ def vit_mnist_patch_size(img_size: int | Sequence[int]) -> int:
     raise AssertionError("unreachable: patch size 1 divides every size")
 
 
+class CifarResNet(ResNet):
+    """timm's :class:`~timm.models.resnet.ResNet` with the CIFAR stem of the paper's code.
+
+    The ImageNet stem (7x7 stride-2 convolution and a stride-2 max-pool, /4 in all) would leave 8x8 maps
+    after it on 32x32 images; the CIFAR variant (``nntransfer/models/resnet.py``) keeps full resolution:
+    one 3x3 convolution with stride 1 and padding 1, no max-pool. Everything after the stem is timm's
+    (stages of :class:`~timm.models.resnet.BasicBlock`/``Bottleneck``, global average pooling, ``fc``), so
+    the feature strides are 1, 1, 2, 4 and 8 (``feature_info``). The original pooled with ``AvgPool2d(4)``,
+    which equals global pooling on 32x32 inputs; global pooling also works at other sizes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inplanes = self.conv1.out_channels
+        self.conv1 = nn.Conv2d(self.conv1.in_channels, inplanes, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")  # as ResNet.init_weights
+        self.maxpool = nn.Identity()
+        # timm's stage reductions assume the /4 stem; this stem has stride 1
+        self.feature_info = [dict(num_chs=inplanes, reduction=1, module="act1")] + [
+            {**info, "reduction": info["reduction"] // 4} for info in self.feature_info[1:]
+        ]
+
+
+VIT_CIFAR_PATCH = 4
+
+
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     """Default cfg shared by the MNIST models: 1x28x28 raw pixels in [0, 1], 10 classes, no weights."""
     return {
@@ -214,6 +250,10 @@ default_cfgs = generate_default_cfgs(
         "hard_mnist_mlp": _cfg(first_conv=None, classifier="head", fixed_input_size=True),
         # position embeddings tie a ViT to its grid size, hence fixed_input_size
         "hard_vit_mnist": _cfg(first_conv="patch_embed.proj", classifier="head", fixed_input_size=True),
+        "hard_resnet18_cifar": _cfg(input_size=(3, 32, 32), pool_size=(4, 4), mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                                    first_conv="conv1", classifier="fc"),
+        "hard_vit_cifar": _cfg(input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                               first_conv="patch_embed.proj", classifier="head", fixed_input_size=True),
     }
 )
 
@@ -253,6 +293,57 @@ def hard_vit_mnist(pretrained: bool = False, **kwargs: Any) -> VisionTransformer
     return build_model_with_cfg(
         VisionTransformer,
         "hard_vit_mnist",
+        pretrained,
+        img_size=img_size,
+        feature_cfg=dict(out_indices=3, feature_cls="getter"),
+        **model_args,
+    )
+
+
+@register_model
+def hard_resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """ResNet-18 for 32x32 images: BasicBlock [2, 2, 2, 2], 3x3 stride-1 stem, no max-pool, global average pool.
+
+    The paper's CIFAR-10 teacher/student (Table 2) and its MNIST ResNet18 teacher (with ``in_chans=1``).
+    """
+    model_args: dict[str, Any] = dict(block=BasicBlock, layers=(2, 2, 2, 2))
+    model_args.update(kwargs)
+    return build_model_with_cfg(CifarResNet, "hard_resnet18_cifar", pretrained, **model_args)
+
+
+@register_model
+def hard_vit_cifar(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The paper's CIFAR-10 ViT (appendix A.1): 6 layers, 8 heads, width 512 everywhere, dropout 0.1.
+
+    "Six layers and eight attention heads throughout the network. The dropout rate is set to 0.1 and the
+    hidden dimension is chosen as 512 in all places": embedding width 512 and MLP hidden width 512
+    (``mlp_ratio=1``); dropout 0.1 after the embedding, on the attention weights and after the attention
+    and MLP projections (as vit-pytorch, which the authors' code used, applies it); no head dropout.
+
+    Not in the paper, chosen here: patch size 4 (8x8 = 64 tokens at 32 px; it must tile the image), a class
+    token read by timm's single linear head, and heads of the standard ``512 / 8 = 64`` dims (a ViT built
+    with the orbit-transfer class would have had ``dim_head = dim``, an 8x wider attention).
+    """
+    img_size = _pair(kwargs.pop("img_size", 32))
+    patch = kwargs.pop("patch_size", VIT_CIFAR_PATCH)
+    if img_size[0] % patch or img_size[1] % patch:
+        raise ValueError(f"hard_vit_cifar's {patch}x{patch} patches do not tile {img_size[0]}x{img_size[1]} images")
+    model_args: dict[str, Any] = dict(
+        patch_size=patch,
+        embed_dim=512,
+        depth=6,
+        num_heads=8,
+        mlp_ratio=1.0,
+        class_token=True,
+        global_pool="token",
+        pos_drop_rate=0.1,
+        attn_drop_rate=0.1,
+        proj_drop_rate=0.1,
+    )
+    model_args.update(kwargs)
+    return build_model_with_cfg(
+        VisionTransformer,
+        "hard_vit_cifar",
         pretrained,
         img_size=img_size,
         feature_cfg=dict(out_indices=3, feature_cls="getter"),

@@ -16,7 +16,7 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from hardctl.errors import CheckpointError, ModelError
+from hardctl.errors import CheckpointError, ModelError, UsageError
 from hardctl.models import (
     ALIASES,
     InputNormalize,
@@ -288,3 +288,83 @@ def test_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path, mon
     assert len(body) > 10 and all(torch.equal(state[k], weights[k]) for k in body)  # the cached weights
     assert state[f"{head}.weight"].shape[0] == 7  # the head was replaced for the data's classes
     assert info.mean == tuple(reference.pretrained_cfg["mean"])
+
+
+# --- NAME:FILE: a timm architecture with weights from a user's file ------------------------------------
+
+
+def _wrapped_checkpoint(model: torch.nn.Module, path: Path) -> Path:
+    """A training checkpoint as torchvision/ImageNet scripts write it: DataParallel keys under 'state_dict'."""
+    state = {"module." + k: v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 90, "arch": "x", "state_dict": state, "best_acc1": torch.tensor(76.1)}, path)
+    return path
+
+
+def test_named_file_loads_a_wrapped_checkpoint_strictly(tmp_path: Path) -> None:
+    reference = timm.create_model("test_resnet", num_classes=10).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so that the buffers are checked too
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    path = _wrapped_checkpoint(reference, tmp_path / "weights.pth.tar")
+    model, info = load_model(f"test_resnet:{path}", num_classes=10, in_chans=3, img_size=32)
+    assert info.arch == "test_resnet" and info.source == f"file:{path}" and info.num_classes == 10
+    assert info.img_size == (32, 32) and info.mean == tuple(reference.pretrained_cfg["mean"])  # the arch's cfg
+    assert _same_outputs(model, reference, (3, 32, 32))
+
+
+def test_named_file_reads_safetensors_and_home_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = timm.create_model("hard_mnist_cnn", num_classes=10)
+    safetensors.torch.save_file(reference.state_dict(), str(tmp_path / "cnn.safetensors"))  # no hardctl metadata
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model, info = load_model("mnist_cnn:~/cnn.safetensors", num_classes=10, in_chans=1, img_size=28)
+    assert info.arch == "hard_mnist_cnn"
+    assert _same_outputs(model, reference, (1, 28, 28))
+
+
+def test_torchvision_resnet_keys_load_into_timm_resnets(tmp_path: Path) -> None:
+    """torchvision's ImageNet ResNets (the DeepAugment+AugMix ResNet-50 teacher is one) have timm's key names."""
+    torchvision = pytest.importorskip("torchvision")
+    assert set(torchvision.models.resnet50().state_dict()) == set(timm.create_model("resnet50").state_dict())
+    reference = torchvision.models.resnet18(num_classes=10)
+    path = _wrapped_checkpoint(reference, tmp_path / "r18.pth.tar")
+    model, _ = load_model(f"resnet18:{path}", num_classes=10, in_chans=3, img_size=32)
+    reference.eval(), model.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
+def test_named_file_head_for_other_classes_is_one_clear_line(cli, tmp_path: Path) -> None:
+    path = _wrapped_checkpoint(timm.create_model("hard_mnist_cnn", num_classes=5), tmp_path / "t.pth")
+    _, info = load_model(f"mnist_cnn:{path}", num_classes=10, in_chans=1, img_size=16)
+    assert info.num_classes == 5  # the file's head, for the caller to compare with the data
+    result = cli("distill", "--teacher", f"mnist_cnn:{path}", "--student", "mnist_mlp", "--data", "digits",
+                 "--augmentor", "none", "--out", tmp_path / "kd")
+    assert result.code == 2, result.err
+    assert f"teacher mnist_cnn:{path} predicts 5 classes but data 'digits' has 10" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("spec, error, message", [
+    ("mnist_cnn:{tmp}/missing.pth", ModelError, "no such weights file {tmp}/missing.pth"),
+    ("mnist_cnnn:{tmp}/w.pth", ModelError, "unknown model 'mnist_cnnn'; did you mean 'mnist_cnn'"),
+    ("mnist_mlp:{tmp}/w.pth", ModelError, "does not fit architecture 'hard_mnist_mlp'"),
+    ("mnist_cnn:{tmp}/pickled.pth", CheckpointError, "cannot read weights file {tmp}/pickled.pth"),
+    ("mnist_cnn:{tmp}/garbage.pth", CheckpointError, "cannot read weights file {tmp}/garbage.pth"),
+])
+def test_named_file_errors_are_one_line(tmp_path: Path, spec: str, error: type, message: str) -> None:
+    model = timm.create_model("hard_mnist_cnn", num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    torch.save(model, tmp_path / "pickled.pth")  # a whole pickled module: weights_only refuses it
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(error) as err:
+        load_model(spec.format(tmp=tmp_path), num_classes=10, in_chans=1, img_size=28)
+    assert message.format(tmp=tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_named_file_and_pretrained_exclude_each_other(tmp_path: Path) -> None:
+    torch.save(timm.create_model("hard_mnist_cnn").state_dict(), tmp_path / "w.pth")
+    with pytest.raises(UsageError, match="drop --pretrained"):
+        load_model(f"mnist_cnn:{tmp_path}/w.pth", num_classes=10, in_chans=1, img_size=28, pretrained=True)

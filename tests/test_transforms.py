@@ -1,13 +1,15 @@
-"""Baseline augmentations (hardctl.data.transforms): shapes, ranges, shift bounds, seeding, bad names."""
+"""Baseline augmentations (hardctl.data.transforms): shapes, ranges, shift bounds, seeding, bad names,
+lists joined with '+', random erasing, and the float path of the v2 auto-augment policies."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from hardctl.data.transforms import (TRANSFORM_NAMES, AugmentedImages, augmented_train, build_transform,
-                                     standard_padding)
+                                     parse_augment, standard_padding)
 from hardctl.errors import DataError, UsageError
 
 
@@ -33,7 +35,8 @@ def bounding_box(image: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def test_transform_names_cover_the_paper_controls():
-    assert TRANSFORM_NAMES == ("none", "random-affine", "shift", "standard")
+    assert TRANSFORM_NAMES == ("none", "random-affine", "shift", "standard", "trivialaugment", "augmix",
+                               "randaugment")
 
 
 def test_none_returns_the_dataset_itself():
@@ -41,7 +44,8 @@ def test_none_returns_the_dataset_itself():
     assert augmented_train(base, "none", in_chans=1, img_size=(16, 16), shift_px=2, seed=0) is base
 
 
-@pytest.mark.parametrize("name", ["random-affine", "shift", "standard"])
+@pytest.mark.parametrize("name", ["random-affine", "shift", "standard", "trivialaugment", "augmix", "randaugment",
+                                  "standard+trivialaugment"])
 @pytest.mark.parametrize("chans", [1, 3])
 def test_shape_dtype_range_and_labels_are_kept(name, chans):
     base = Squares(chans=chans)
@@ -96,7 +100,8 @@ def test_standard_pads_in_proportion_to_the_image():
     assert standard_padding((16, 16)) == 2 and standard_padding((8, 8)) == 1
 
 
-@pytest.mark.parametrize("name", ["random-affine", "shift", "standard"])
+@pytest.mark.parametrize("name", ["random-affine", "shift", "standard", "trivialaugment", "augmix",
+                                  "shift+randaugment"])
 def test_same_seed_same_images_and_epochs_differ(name):
     base = Squares()
     first = augmented_train(base, name, in_chans=1, img_size=(16, 16), shift_px=2, seed=7)
@@ -128,8 +133,89 @@ def test_unknown_name_lists_the_names_with_a_suggestion():
     message = exc.value.oneline()
     assert "unknown augmentation 'random_afine'" in message
     assert "did you mean 'random-affine'?" in message
-    assert "known: none, random-affine, shift, standard" in message
+    assert "known: none, random-affine, shift, standard, trivialaugment, augmix, randaugment" in message
     assert "\n" not in message
+
+
+def test_a_list_applies_its_parts_in_order():
+    assert parse_augment(" Standard + trivialaugment ") == ["standard", "trivialaugment"]
+    assert parse_augment("none") == [] and parse_augment("none+shift") == ["shift"]
+    base = Squares(n=30)
+    listed = augmented_train(base, "shift+random-affine", in_chans=1, img_size=(16, 16), shift_px=2, seed=None)
+    assert listed.name == "shift+random-affine"
+    shift = build_transform("shift", in_chans=1, img_size=(16, 16), shift_px=2)
+    affine = build_transform("random-affine", in_chans=1, img_size=(16, 16), shift_px=2)
+    for i in range(len(base)):
+        torch.manual_seed(i)
+        got = listed[i][0]
+        torch.manual_seed(i)
+        assert torch.equal(got, affine(shift(base[i][0])))  # shift first, then the affine on its result
+
+
+def test_an_unknown_part_of_a_list_is_named():
+    with pytest.raises(UsageError) as exc:
+        parse_augment("standard+trivalaugment")
+    message = exc.value.oneline()
+    assert "unknown augmentation 'trivalaugment' in --augment 'standard+trivalaugment'" in message
+    assert "did you mean 'trivialaugment'" in message and "join several with '+'" in message
+    with pytest.raises(UsageError, match="unknown augmentation ''"):
+        parse_augment("standard+")
+
+
+@pytest.mark.parametrize("name", ["trivialaugment", "augmix", "randaugment"])
+def test_auto_augment_policies_take_float_images_as_they_are(name):
+    """The v2 policies accept float 1-channel images, pick the same ops as on uint8, agree up to rounding."""
+    transform = build_transform(name, in_chans=1, img_size=(16, 16), shift_px=None)
+    diffs = []
+    for seed in range(40):
+        as_uint8 = (torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(seed)) * 255).round().to(torch.uint8)
+        torch.manual_seed(seed)
+        from_float = transform(as_uint8.float() / 255)
+        torch.manual_seed(seed)
+        from_uint8 = transform(as_uint8).float() / 255
+        assert from_float.dtype == torch.float32 and 0 <= float(from_float.min()) <= float(from_float.max()) <= 1
+        diffs.append(float((from_float - from_uint8).abs().max()))
+    diffs = torch.tensor(diffs)
+    assert float(diffs.median()) <= 2 / 255  # same ops, same strengths: rounding only
+    assert float(diffs.max()) < 0.1
+
+
+def test_random_erasing_comes_after_the_list_and_zeroes_a_rectangle():
+    transform = build_transform("shift", in_chans=1, img_size=(16, 16), shift_px=2, random_erasing=1.0)
+    assert isinstance(transform, v2.Compose) and isinstance(transform.transforms[-1], v2.RandomErasing)
+    assert transform.transforms[-1].p == 1.0 and transform.transforms[-1].value == [0.0]
+    alone = build_transform("none", in_chans=1, img_size=(16, 16), shift_px=None, random_erasing=0.25)
+    assert isinstance(alone, v2.RandomErasing) and alone.p == 0.25
+    assert build_transform("none", in_chans=1, img_size=(16, 16), shift_px=None, random_erasing=0.0) is None
+    ones = torch.ones(3, 32, 32)
+    erase = build_transform("none", in_chans=3, img_size=(32, 32), shift_px=None, random_erasing=1.0)
+    torch.manual_seed(0)
+    for _ in range(20):
+        zeros = erase(ones) == 0
+        assert torch.equal(zeros[0], zeros[1]) and torch.equal(zeros[0], zeros[2])  # all channels alike
+        ys, xs = torch.nonzero(zeros[0], as_tuple=True)
+        box = (int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1))
+        assert int(zeros[0].sum()) == box[0] * box[1]  # one filled rectangle
+        assert 0.02 * 32 * 32 - 32 <= box[0] * box[1] <= 0.33 * 32 * 32 + 32  # v2's scale (0.02, 0.33), rounded
+    data = augmented_train(Squares(), "none", in_chans=1, img_size=(16, 16), random_erasing=0.5, seed=0)
+    assert isinstance(data, AugmentedImages) and data.name == "random-erasing(0.5)"
+    with pytest.raises(UsageError, match="--random-erasing must be a probability"):
+        build_transform("none", in_chans=1, img_size=(16, 16), shift_px=None, random_erasing=1.5)
+
+
+def test_set_epoch_makes_each_epoch_depend_on_seed_and_epoch_only():
+    base = Squares()
+    first = augmented_train(base, "trivialaugment", in_chans=1, img_size=(16, 16), seed=7)
+    again = augmented_train(base, "trivialaugment", in_chans=1, img_size=(16, 16), seed=7)
+    serve = lambda data: torch.stack([data[i][0] for i in range(len(base))])
+    first.set_epoch(0)
+    epoch0 = serve(first)
+    first.set_epoch(1)
+    epoch1 = serve(first)
+    again.set_epoch(1)  # a resumed run starts at epoch 1 without having served epoch 0
+    assert torch.equal(serve(again), epoch1) and not torch.equal(epoch0, epoch1)
+    first.set_epoch(0)
+    assert torch.equal(serve(first), epoch0)
 
 
 def test_wrong_image_shape_is_a_data_error():

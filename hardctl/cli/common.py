@@ -24,6 +24,7 @@ from hardctl.errors import UsageError
 D = RunConfig()  # the defaults
 DATA, TRAIN, MODEL, KD, RUN, OUTPUT = "Data", "Optimisation", "Models", "Distillation loss", "Run", "Output"
 HARD = "HARD (learned augmentations)"
+BASELINE_AUG = "Baseline augmentation"
 
 Data = Annotated[str, typer.Option("--data", "-d", rich_help_panel=DATA, help=(
     "Data spec: digits | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | imagefolder:DIR."))]
@@ -31,25 +32,48 @@ ShiftPx = Annotated[Optional[int], typer.Option("--shift-px", rich_help_panel=DA
     "Shift of the shifted test set in pixels along x and y \\[default: MNIST-C's 3 px per 28 px of image side: "
     "3 on MNIST, 2 on digits]."))]
 ShiftSeed = Annotated[int, typer.Option("--shift-seed", rich_help_panel=DATA, help="Seed of the shift directions.")]
-Augment = Annotated[str, typer.Option("--augment", rich_help_panel=DATA, help=(
-    "Baseline augmentation of the training images: none | random-affine | shift | standard "
-    "(applied before a HARD augmentor)."))]
+Augment = Annotated[str, typer.Option("--augment", rich_help_panel=BASELINE_AUG, help=(
+    "Per-image augmentation of the training images: none | random-affine | shift | standard | trivialaugment | "
+    "augmix | randaugment, or several joined with + and applied in order (e.g. standard+trivialaugment). "
+    "Then --random-erasing, then --mixup/--cutmix, then a HARD augmentor (distill)."))]
+RandomErasing = Annotated[float, typer.Option("--random-erasing", rich_help_panel=BASELINE_AUG, metavar="P", help=(
+    "Probability of erasing a random rectangle (2-33 % of the image) to 0, per image, after --augment "
+    "(timm's --reprob)."))]
+Mixup = Annotated[float, typer.Option("--mixup", rich_help_panel=BASELINE_AUG, metavar="ALPHA", help=(
+    "MixUp per batch with λ ~ Beta(ALPHA, ALPHA); labels become soft targets (0: off; the paper: 1 for KD, "
+    "0.2 for students)."))]
+Cutmix = Annotated[float, typer.Option("--cutmix", rich_help_panel=BASELINE_AUG, metavar="ALPHA", help=(
+    "CutMix per batch with λ ~ Beta(ALPHA, ALPHA); soft targets by pasted area (0: off; the paper: 1)."))]
+MixSwitchProb = Annotated[float, typer.Option("--mix-switch-prob", rich_help_panel=BASELINE_AUG, metavar="P", help=(
+    "With --mixup and --cutmix both on: probability that a batch gets CutMix rather than MixUp."))]
 Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", rich_help_panel=MODEL, help=(
     "Start timm-named models from pretrained weights (local Hugging Face cache or network)."))]
 Epochs = Annotated[int, typer.Option("--epochs", "-e", min=1, rich_help_panel=TRAIN, help="Epochs to train.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, rich_help_panel=TRAIN, help="Batch size.")]
-Optimizer = Annotated[str, typer.Option("--optimizer", rich_help_panel=TRAIN, help="adam or adamw.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", rich_help_panel=TRAIN, help=(
+    "adam (--weight-decay is an L2 term) | adamw | lion (timm's Lion, the paper's ImageNet optimiser; decoupled "
+    "weight decay, use a smaller --lr) | sgd (momentum 0.9, Nesterov)."))]
 Lr = Annotated[float, typer.Option("--lr", rich_help_panel=TRAIN, help="Peak learning rate.")]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", rich_help_panel=TRAIN, help="Weight decay.")]
 Warmup = Annotated[float, typer.Option("--warmup-epochs", rich_help_panel=TRAIN,
-                                       help="Linear warm-up length in epochs, then cosine decay.")]
+                                       help="Linear warm-up length in epochs, then the --schedule.")]
 MinLr = Annotated[float, typer.Option("--min-lr", rich_help_panel=TRAIN, help="Learning rate at the end of the cosine.")]
+Schedule = Annotated[str, typer.Option("--schedule", rich_help_panel=TRAIN, help=(
+    "Learning rate after the warm-up: cosine (anneal to --min-lr) | plateau (constant; after --plateau-patience "
+    "epochs without a better val acc, multiply by --plateau-factor and restore the best weights; stop at "
+    "--plateau-decays decays; the paper's CIFAR-10 schedule)."))]
+PlateauPatience = Annotated[int, typer.Option("--plateau-patience", rich_help_panel=TRAIN, help=(
+    "plateau: epochs without a better validation accuracy before the lr decays."))]
+PlateauFactor = Annotated[float, typer.Option("--plateau-factor", rich_help_panel=TRAIN, help=(
+    "plateau: lr multiplier of each decay, in (0, 1)."))]
+PlateauDecays = Annotated[int, typer.Option("--plateau-decays", rich_help_panel=TRAIN, help=(
+    "plateau: the run stops early at this many decays."))]
 Temperature = Annotated[float, typer.Option("--temperature", "-T", rich_help_panel=KD, help=f"KD temperature T in {KD_FORMULA}.")]
 KdWeight = Annotated[float, typer.Option("--kd-weight", rich_help_panel=KD, help="Weight of the KD term.")]
 CeWeight = Annotated[float, typer.Option("--ce-weight", rich_help_panel=KD,
                                          help="Weight of cross-entropy with the labels (0: pure KD, as in the paper).")]
-LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=TRAIN,
-                                               help="Label smoothing of the cross-entropy (train).")]
+LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", rich_help_panel=TRAIN, help=(
+    "Label smoothing of the cross-entropy (train; in distill it smooths only the --ce-weight term)."))]
 Amp = Annotated[str, typer.Option("--amp", rich_help_panel=RUN, help=(
     "Mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with a loss scaler) | off."))]
 Device = Annotated[str, typer.Option("--device", rich_help_panel=RUN, help="auto | cpu | cuda | cuda:N.")]
@@ -66,10 +90,14 @@ LogEvery = Annotated[int, typer.Option("--log-every", min=1, rich_help_panel=OUT
 
 # The options every training run shares, declared once: name -> (annotated type, default), in help order.
 RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "data": (Data, D.data), "augment": (Augment, D.augment), "shift_px": (ShiftPx, D.shift_px), "shift_seed": (ShiftSeed, D.shift_seed),
+    "data": (Data, D.data), "augment": (Augment, D.augment), "random_erasing": (RandomErasing, D.random_erasing),
+    "mixup": (Mixup, D.mixup), "cutmix": (Cutmix, D.cutmix), "mix_switch_prob": (MixSwitchProb, D.mix_switch_prob),
+    "shift_px": (ShiftPx, D.shift_px), "shift_seed": (ShiftSeed, D.shift_seed),
     "pretrained": (Pretrained, D.pretrained), "epochs": (Epochs, D.epochs), "batch_size": (BatchSize, D.batch_size),
     "optimizer": (Optimizer, D.optimizer), "lr": (Lr, D.lr), "weight_decay": (WeightDecay, D.weight_decay),
-    "warmup_epochs": (Warmup, D.warmup_epochs), "min_lr": (MinLr, D.min_lr), "amp": (Amp, D.amp),
+    "warmup_epochs": (Warmup, D.warmup_epochs), "min_lr": (MinLr, D.min_lr), "schedule": (Schedule, D.schedule),
+    "plateau_patience": (PlateauPatience, D.plateau_patience), "plateau_factor": (PlateauFactor, D.plateau_factor),
+    "plateau_decays": (PlateauDecays, D.plateau_decays), "amp": (Amp, D.amp),
     "device": (Device, D.device), "seed": (Seed, D.seed), "workers": (Workers, D.workers), "out": (Out, None),
     "resume": (Resume, None), "force": (Force, False), "json": (Json, False), "log_every": (LogEvery, D.log_every),
 }
@@ -151,6 +179,8 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     console = Console(file=sys.stdout)
     console.print(table)
     console.print(f"run directory: {summary['run_dir']}  (best val acc {summary['best_val_acc']:.2f}%)")
+    if summary.get("stopped_early"):
+        console.print(f"stopped early after epoch {summary['stopped_early']}: the plateau schedule used its last decay")
     hard = summary.get("hard")
     if hard:
         console.print(f"HARD {hard['augmentor']} ({hard['mode']}): {hard['switches']} switches, pool of "

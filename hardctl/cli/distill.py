@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from hardctl.cli import app
-from hardctl.cli.common import (HARD, MODEL, D, CeWeight, KdWeight, Temperature, config_from_params,
-                                explicit_options, start_run, with_run_options)
+from hardctl.cli.common import (HARD, MODEL, D, CeWeight, KdWeight, LabelSmoothing, Temperature,
+                                config_from_params, explicit_options, start_run, with_run_options)
 from hardctl.config import key_value_pairs
 
 _PAPER = "[default: the augmentor's, from the paper]"
@@ -36,9 +36,12 @@ MaxAugSteps = Annotated[int, typer.Option("--max-aug-steps", min=1, rich_help_pa
     "An augmentor phase that has not reached l_max after this many steps ends anyway (logged)."))]
 
 Teacher = Annotated[Optional[str], typer.Option("--teacher", "-t", rich_help_panel=MODEL, help=(
-    "The frozen teacher: a run directory, a .safetensors file, or a timm name with --pretrained."))]
+    "The frozen teacher: a run directory, a .safetensors file, a timm name with --pretrained, or NAME:FILE "
+    "(a timm architecture with weights from a .pth/.pth.tar/.pt/.safetensors file, "
+    "e.g. resnet50:~/weights/deepaugment_and_augmix.pth.tar)."))]
 Student = Annotated[str, typer.Option("--student", "-s", rich_help_panel=MODEL, help=(
-    "The student: timm name or alias (mnist_mlp, mnist_vit, vit_small, resnet18, ...) or a weights file to start from."))]
+    "The student: timm name or alias (mnist_mlp, mnist_vit, resnet18_cifar, vit_cifar, vit_s14, resnet18, ...) "
+    "or a weights file to start from."))]
 
 
 @app.command(epilog="Examples:  hardctl distill --teacher runs/teacher --student mnist_mlp --data digits --out runs/kd\n\n"
@@ -52,6 +55,7 @@ def distill(
     temperature: Temperature = D.temperature,
     kd_weight: KdWeight = D.kd_weight,
     ce_weight: CeWeight = D.ce_weight,
+    label_smoothing: LabelSmoothing = D.label_smoothing,
     augmentor: Augmentor = D.augmentor,
     aug_opt: AugOpt = None,
     l_min: LMin = None,
@@ -76,6 +80,9 @@ def distill(
     student's error on x̃ stays above --l-max for --switch-patience iterations, back when it stays below
     --l-min. The augmentor is saved into a pool at every switch and each student step augments with a
     pool entry drawn at random. --augmentor none is plain KD.
+
+    Baseline augmentations (--augment, --random-erasing, --mixup, --cutmix) come first, HARD's augmentor
+    on top: teacher and student see the same mixed batch, and the CE term uses its soft targets.
 
     Without --teacher this runs the default recipe: digits, a CNN teacher (trained once and cached),
     an MLP student and HARD-Affine. The teacher is never written to the run directory.

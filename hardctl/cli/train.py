@@ -10,7 +10,8 @@ from hardctl.cli import app
 from hardctl.cli.common import MODEL, D, LabelSmoothing, config_from_params, start_run, with_run_options
 
 Model = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL, help=(
-    "timm name, alias (mnist_cnn, mnist_mlp, mnist_vit, vit_small, resnet18, ...), .safetensors file or run dir."))]
+    "timm name, alias (mnist_cnn, mnist_mlp, mnist_vit, resnet18_cifar, vit_cifar, vit_s14, resnet18, ...), "
+    ".safetensors file, NAME:FILE (timm architecture + weights file) or run dir."))]
 
 
 @app.command(epilog="Examples:  hardctl train --model mnist_cnn --data digits --epochs 15 --out runs/teacher\n\n"

@@ -16,6 +16,11 @@ with the student, the augmentor ascending the student's loss through a gradient-
 An *epoch* is one pass of student steps over the training set, as in plain KD, so KD and HARD runs of
 the same length make the same number of student updates. Augmentor steps draw their own batches
 (``aug_batch_size`` images, sampled with a seeded generator) between the student's.
+
+Baseline augmentations come first and the augmentor works on top of them: per-image ``--augment`` /
+``--random-erasing`` in the dataset, ``--mixup``/``--cutmix`` in :meth:`Trainer.prepare_batch`, for
+the student's batches and the augmentor's alike; labels are then soft targets ``B×K`` (the switching
+error against labels and ``train_acc`` use their argmax).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch.utils.data import default_collate
 
 from hardctl.augment import AugmentorPool, check_output
 from hardctl.augment.pool import POOL_DIR
+from hardctl.data.mixing import hard_labels
 from hardctl.distill.losses import kd_divergence
 from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
 from hardctl.distill.trainer import Components, Trainer
@@ -93,7 +99,7 @@ class HardTrainer(Trainer):
         train = self.parts.data.train
         picks = torch.randint(len(train), (self.cfg.aug_batch_size,), generator=self.aug_batches)
         images, labels = default_collate([train[i] for i in picks.tolist()])
-        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        return self.prepare_batch(images, labels)  # on the device, MixUp/CutMix-ed like the student's batches
 
     def save_to_pool(self, reason: str) -> None:
         self.pool.add(reason=reason, iteration=self.iteration, step=self.step_count, epoch=self.epoch + 1,
@@ -133,7 +139,8 @@ class HardTrainer(Trainer):
             self.log(f"iteration {self.iteration}: student error {error:.3f} below l_min {self.cfg.l_min} for "
                      f"{self.cfg.switch_patience} iterations -> augmentor phase")
         return {"loss": float(loss.detach()), "l_st": float(parts["kd"]), "aug_error": error, "pool_entry": entry,
-                "pool_size": len(self.pool), "train_acc": 100.0 * float((logits.argmax(-1) == labels).float().mean()),
+                "pool_size": len(self.pool),
+                "train_acc": 100.0 * float((logits.argmax(-1) == hard_labels(labels)).float().mean()),
                 "phase": STUDENT}
 
     def augmentor_step(self) -> None:
@@ -192,7 +199,7 @@ class HardTrainer(Trainer):
         self.optimise(loss, self.aug_optimizer)  # one scaler for the one backward pass
         error = self.error(logits, teacher_logits, labels)
         return {"loss": float(loss.detach()), "l_st": float(parts["kd"]), "aug_error": error, "pool_size": len(self.pool),
-                "train_acc": 100.0 * float((logits.argmax(-1) == labels).float().mean()), "phase": JOINT}
+                "train_acc": 100.0 * float((logits.argmax(-1) == hard_labels(labels)).float().mean()), "phase": JOINT}
 
     # ------------------------------------------------------------------ loop, checkpoints, summary
     def fit(self) -> dict[str, Any]:

@@ -6,6 +6,10 @@ same magnitude whatever the temperature::
     L_KD = T² · KL( softmax(z_t / T) ‖ softmax(z_s / T) )      averaged over the batch ("batchmean")
     L    = w_kd · L_KD + w_ce · CE(z_s, y)
 
+``y`` may be class indices ``B`` or soft targets ``B×K`` (MixUp/CutMix, :mod:`hardctl.data.mixing`):
+``CE(z, y) = −Σ_k y_k log softmax(z)_k``, batch mean. Label smoothing ``ε`` replaces ``y`` by
+``(1−ε)·y + ε/K`` first (PyTorch's ``cross_entropy(label_smoothing=ε)``, for either form).
+
 ``KL(p ‖ q) = Σ_k p_k (log p_k − log q_k)`` with the teacher ``p`` as the target distribution, exactly
 timm's ``--kd-temperature`` loss (``kl_div(log_q, log_p, log_target=True, reduction="batchmean")``)
 and DeiT's soft distillation with ``batchmean`` instead of ``numel`` reduction.
@@ -17,6 +21,13 @@ import torch
 import torch.nn.functional as F
 
 KD_FORMULA = "T²·KL(softmax(t/T) ‖ softmax(s/T)), batch mean; total = kd_weight·KD + ce_weight·CE(s, y)"
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy, batch mean, in float32, against class indices ``B`` or soft targets ``B×K``."""
+    if targets.ndim == 2:
+        targets = targets.float()
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
 def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,15 +50,19 @@ def kd_loss(
     temperature: float = 5.0,
     kd_weight: float = 1.0,
     ce_weight: float = 0.0,
+    label_smoothing: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """The distillation objective and its parts: ``{"loss", "kd", "ce"}`` (ce only when weighted)."""
+    """The distillation objective and its parts: ``{"loss", "kd", "ce"}`` (ce only when weighted).
+
+    ``labels``: class indices or soft targets; ``label_smoothing`` applies to the CE term only.
+    """
     kd = kd_divergence(student_logits, teacher_logits, temperature)
     parts = {"kd": kd.detach()}
     loss = kd_weight * kd
     if ce_weight:
         if labels is None:
             raise ValueError("ce_weight > 0 needs labels")
-        ce = F.cross_entropy(student_logits.float(), labels)
+        ce = soft_cross_entropy(student_logits, labels, label_smoothing)
         parts["ce"] = ce.detach()
         loss = loss + ce_weight * ce
     parts["loss"] = loss

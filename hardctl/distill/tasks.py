@@ -1,18 +1,19 @@
 """What one training step computes, as modules that own their loss (timm's ``TrainingTask`` idea).
 
-A task takes a batch of pixels in ``[0, 1]`` and labels and returns ``{"loss", "logits", ...}``. Each
-model normalises its own input with its own mean/std, so a teacher trained with other statistics than
-the student gets correctly re-normalised pixels (timm's ``DistillationTeacher.normalize_input``).
+A task takes a batch of pixels in ``[0, 1]`` and labels and returns ``{"loss", "logits", ...}``; the
+labels are class indices ``B`` or, after MixUp/CutMix (:mod:`hardctl.data.mixing`), soft targets
+``B×K``. Each model normalises its own input with its own mean/std, so a teacher trained with other
+statistics than the student gets correctly re-normalised pixels (timm's
+``DistillationTeacher.normalize_input``).
 Only ``task.student`` is trained; under DDP only it is wrapped, and only it is checkpointed.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hardctl.distill.losses import kd_loss
+from hardctl.distill.losses import kd_loss, soft_cross_entropy
 from hardctl.models import InputNormalize, ModelInfo
 
 
@@ -27,7 +28,7 @@ class SupervisedTask(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.student(self.student_normalize(images))
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        loss = soft_cross_entropy(logits, labels, self.label_smoothing)
         return {"loss": loss, "logits": logits, "ce": loss.detach()}
 
 
@@ -44,6 +45,7 @@ class DistillTask(nn.Module):
         temperature: float,
         kd_weight: float = 1.0,
         ce_weight: float = 0.0,
+        label_smoothing: float = 0.0,
     ):
         super().__init__()
         self.student = student
@@ -51,6 +53,7 @@ class DistillTask(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_normalize = InputNormalize(teacher_info.mean, teacher_info.std)
         self.temperature, self.kd_weight, self.ce_weight = temperature, kd_weight, ce_weight
+        self.label_smoothing = label_smoothing  # of the CE term only; the KD term's target is the teacher
 
     def train(self, mode: bool = True) -> "DistillTask":
         super().train(mode)
@@ -65,8 +68,9 @@ class DistillTask(nn.Module):
              labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The KD objective with this task's temperature and weights (HARD's steps reuse it on x̃)."""
         return kd_loss(student_logits, teacher_logits, labels, temperature=self.temperature,
-                       kd_weight=self.kd_weight, ce_weight=self.ce_weight)
+                       kd_weight=self.kd_weight, ce_weight=self.ce_weight, label_smoothing=self.label_smoothing)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the teacher sees the very batch the student sees (mixed, when --mixup/--cutmix are on)
         logits = self.student(self.student_normalize(images))
         return {**self.loss(logits, self.teacher_logits(images), labels), "logits": logits}

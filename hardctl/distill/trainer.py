@@ -7,7 +7,6 @@ autocast, finite-loss check, (scaled) backward, optimiser and scheduler step.
 
 from __future__ import annotations
 
-import math
 import time
 from functools import partial
 from dataclasses import dataclass, field
@@ -17,13 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 from safetensors.torch import load_file
+from safetensors.torch import load_model as load_weights
 from torch.utils.data import DataLoader
 
 from hardctl.config import RunConfig, atomic_write_json
 from hardctl.data import DataBundle, load_data
+from hardctl.data.mixing import hard_labels
 from hardctl.distill import rundir
 from hardctl.distill.progress import Reporter
 from hardctl.distill.sampling import DistInfo, EpochSampler
+from hardctl.distill.schedules import DECAY, STOP, PlateauSchedule, lr_lambda, make_optimizer
 from hardctl.distill.tasks import DistillTask, SupervisedTask
 from hardctl.errors import TrainingError, UsageError
 from hardctl.eval import accuracy, autocast_for
@@ -48,14 +50,6 @@ def select_amp(requested: str, device: torch.device) -> str:
     return "off"
 
 
-def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine annealing down to ``min_ratio``."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 @dataclass
 class Components:
     """Everything :func:`build` makes from a config."""
@@ -69,25 +63,35 @@ class Components:
     amp: str
     notes: list[str] = field(default_factory=list)
     augmentor: nn.Module | None = None  # HARD's learned augmentor (distill with --augmentor)
+    mixer: Any = None  # --mixup/--cutmix: (images, labels) -> (mixed images, soft targets), per training batch
 
 
 def build(cfg: RunConfig) -> Components:
     """Load data and models for ``cfg`` and wire them into a task. Raises on incompatible inputs."""
     cfg.validate()
     device = select_device(cfg.device)
-    data = load_data(cfg.data, shift_px=cfg.shift_px, shift_seed=cfg.shift_seed)
-    if cfg.augment != "none":  # baseline augmentation of the training images (HARD's augmentor comes on top)
+    data = load_data(cfg.data, shift_px=cfg.shift_px, shift_seed=cfg.shift_seed, seed=cfg.seed)
+    # Baseline augmentations: per image (--augment, --random-erasing), then per batch (--mixup/--cutmix, in
+    # Trainer.prepare_batch); HARD's augmentor comes on top.
+    aug_notes = []
+    if cfg.augment != "none" or cfg.random_erasing > 0:
         from hardctl.data.transforms import augmented_train
 
         data.train = augmented_train(data.train, cfg.augment, in_chans=data.in_chans, img_size=data.img_size,
-                                     shift_px=data.info["shift_px"], seed=cfg.seed)
+                                     shift_px=data.info["shift_px"], seed=cfg.seed, random_erasing=cfg.random_erasing)
+        aug_notes.append(f"per-image augmentation: {getattr(data.train, 'name', cfg.augment)}")
+    from hardctl.data.mixing import build_mixer
+
+    mixer = build_mixer(data.num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix, switch_prob=cfg.mix_switch_prob)
+    if mixer is not None:
+        aug_notes.append(f"batch mixing: {mixer!r} (soft targets)")
     sample = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)
     load = partial(load_for_data, data=data.spec, num_classes=data.num_classes, in_chans=data.in_chans,
                    img_size=data.img_size, sample=sample)
     torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
     role = "model" if cfg.command == "train" else "student"
     student, student_info = load(role, cfg.model, pretrained=cfg.pretrained and cfg.command == "train")
-    notes = [f"{role}: {describe(student_info)}"]
+    notes = [f"{role}: {describe(student_info)}", *aug_notes]
     teacher_info = None
     if cfg.command == "train":
         task: nn.Module = SupervisedTask(student, student_info, label_smoothing=cfg.label_smoothing)
@@ -100,7 +104,7 @@ def build(cfg: RunConfig) -> Components:
                 f"(student: mean {student_info.mean} std {student_info.std})"
             )
         task = DistillTask(student, student_info, teacher, teacher_info, temperature=cfg.temperature,
-                           kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight)
+                           kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight, label_smoothing=cfg.label_smoothing)
     augmentor = None
     if cfg.uses_hard:
         from hardctl.augment import build_augmentor
@@ -110,7 +114,7 @@ def build(cfg: RunConfig) -> Components:
         notes.append(f"augmentor: {cfg.augmentor} {cfg.aug_options}")
     task.to(device)
     return Components(cfg, data, task, student_info, teacher_info, device, select_amp(cfg.amp, device), notes,
-                      augmentor)
+                      augmentor, mixer)
 
 
 class Trainer:
@@ -126,18 +130,28 @@ class Trainer:
         self.task, self.device, self.amp = parts.task, parts.device, parts.amp
         self.student = self.task.student
         self.sampler = EpochSampler(len(parts.data.train), seed=self.cfg.seed, dist=self.dist)
+        # A last batch of a single image would crash batch-norm in train mode ("Expected more than 1 value per
+        # channel", e.g. ResNets whose last feature map is 1×1); drop only that one, so that step counts
+        # (and the published tables) stay those of the full epoch otherwise.
+        drop_single = len(self.sampler) > self.cfg.batch_size and len(self.sampler) % self.cfg.batch_size == 1
         self.loader = DataLoader(parts.data.train, batch_size=self.cfg.batch_size, sampler=self.sampler,
+                                 drop_last=drop_single,
                                  num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
         params = [p for p in self.student.parameters() if p.requires_grad]
-        opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.optimizer = make_optimizer(self.cfg.optimizer, params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         steps_per_epoch = len(self.loader)
         self.total_steps = steps_per_epoch * self.cfg.epochs
         warmup = int(round(self.cfg.warmup_epochs * steps_per_epoch))
-        min_ratio = self.cfg.min_lr / self.cfg.lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_lambda(s, warmup_steps=warmup, total_steps=self.total_steps, min_ratio=min_ratio)
-        )
+        self.stopped_early: int | None = None  # the epoch after which the plateau schedule ended the run
+        if self.cfg.schedule == "plateau":  # appendix A.1: decays and best-weight restores in end_epoch
+            self.scheduler = PlateauSchedule(self.optimizer, warmup_steps=warmup, patience=self.cfg.plateau_patience,
+                                             factor=self.cfg.plateau_factor, max_decays=self.cfg.plateau_decays)
+        else:
+            min_ratio = self.cfg.min_lr / self.cfg.lr
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer,
+                lambda s: lr_lambda(s, warmup_steps=warmup, total_steps=self.total_steps, min_ratio=min_ratio),
+            )
         # A loss scaler only makes sense for fp16: bf16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.epoch, self.step_count, self.best_val = 0, 0, -1.0
@@ -148,6 +162,16 @@ class Trainer:
         self.log = rundir.RunLog(self.run_dir / "log.txt" if main else None, self.reporter.log if main else None)
 
     # ------------------------------------------------------------------ the step
+    def prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch on the device, MixUp/CutMix-ed when configured (labels then soft targets B×K).
+
+        The mixer draws from the global CPU generator, which the trainer seeds and checkpoints."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.parts.mixer is not None:
+            images, labels = self.parts.mixer(images, labels)
+        return images, labels
+
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
@@ -156,7 +180,7 @@ class Trainer:
         loss = out["loss"]
         self.check_finite(loss)
         self.optimise(loss)
-        hits = (out["logits"].detach().argmax(-1) == labels).float().mean()
+        hits = (out["logits"].detach().argmax(-1) == hard_labels(labels)).float().mean()
         metrics = {k: float(v.detach()) for k, v in out.items() if k != "logits"}
         return {**metrics, "train_acc": 100.0 * float(hits)}
 
@@ -199,11 +223,13 @@ class Trainer:
         for epoch in range(self.epoch, self.cfg.epochs):
             self.epoch = epoch
             self.sampler.set_epoch(epoch)
+            if hasattr(self.parts.data.train, "set_epoch"):  # per-image augmentation seeds: resumable per epoch
+                self.parts.data.train.set_epoch(epoch)
             self.task.train()
             self.reporter.start_epoch(epoch + 1, self.cfg.epochs, len(self.loader))
             started, sums, count = time.perf_counter(), {}, 0
             for images, labels in self.loader:
-                metrics = self.step(images, labels)
+                metrics = self.step(*self.prepare_batch(images, labels))
                 count += 1
                 for key, value in metrics.items():
                     if isinstance(value, float):  # averaged into the epoch record (not indices or labels)
@@ -216,6 +242,8 @@ class Trainer:
                       "lr": self.scheduler.get_last_lr()[0], "time_s": round(time.perf_counter() - started, 3),
                       **{f"train_{k}" if not k.startswith("train_") else k: v / max(1, count) for k, v in sums.items()}}
             self.end_epoch(record)
+            if self.stopped_early is not None:  # the plateau schedule ran out of decays
+                break
         return self.finish()
 
     def evaluate(self, dataset, model: nn.Module | None = None, normalize: nn.Module | None = None) -> dict[str, float]:
@@ -229,19 +257,45 @@ class Trainer:
         if improved:
             self.best_val = record["val_acc"]
         record["best_val_acc"] = self.best_val
+        event = None
+        if isinstance(self.scheduler, PlateauSchedule):
+            event = self.scheduler.observe(record["val_acc"])
+            record["lr_decays"] = self.scheduler.decays
+            if event in (DECAY, STOP):
+                record["restored_epoch"] = self.scheduler.best_epoch
+            if event == STOP:
+                self.stopped_early = record["epoch"]
+                record["stopped_early"] = True
         if self.dist.is_main:
             self.epochs_log.append(record)
             extra = {"data": self.cfg.data, "epoch": str(record["epoch"]), "val_acc": f"{record['val_acc']:.4f}"}
-            state = self.state_dict()
             save_model(self.student, self.parts.student_info, self.run_dir / rundir.LAST_MODEL_FILE, extra=extra)
             if improved:
                 save_model(self.student, self.parts.student_info, self.run_dir / rundir.MODEL_FILE, extra=extra)
+        if event in (DECAY, STOP):
+            self.restore_best()  # before the state is taken: a resumed run continues from the restored weights
+        if self.dist.is_main:
+            state = self.state_dict()
+            if improved:
                 rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "best.pt", state)
             # last.pt goes last: once it names an epoch, everything that epoch wrote is on disk.
             rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "last.pt", state)
         self.reporter.end_epoch(record)
         self.log(f"epoch {record['epoch']}/{self.cfg.epochs}: loss {record['train_loss']:.4f} "
                  f"val acc {record['val_acc']:.2f}% (best {self.best_val:.2f}%) in {record['time_s']:.1f}s")
+        if event in (DECAY, STOP):
+            sched = self.scheduler
+            waited = f"{sched.patience} epoch{'s' * (sched.patience != 1)}"
+            self.log(f"plateau: no better val acc for {waited} -> lr decay {sched.decays}/"
+                     f"{sched.max_decays} (x{sched.factor:g}, now {sched.get_last_lr()[0]:.3g}), restored the best "
+                     f"weights (epoch {sched.best_epoch}, val acc {self.best_val:.2f}%)")
+        if event == STOP:
+            self.log(f"plateau: stopping early after epoch {record['epoch']} of {self.cfg.epochs} "
+                     f"({sched.max_decays} lr decays)")
+
+    def restore_best(self) -> None:
+        """Load the best-validation weights (``model.safetensors``) back into the student."""
+        load_weights(self.student, str(self.run_dir / rundir.MODEL_FILE), strict=True, device=str(self.device))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -263,6 +317,10 @@ class Trainer:
         if state["epoch"] >= self.cfg.epochs:
             raise UsageError(f"{self.run_dir} has already finished its {self.cfg.epochs} epochs",
                              hint="start a new run with --out")
+        stopped = state["scheduler"].get("stopped_epoch")
+        if stopped is not None:
+            raise UsageError(f"{self.run_dir} has already finished: the plateau schedule stopped it after epoch "
+                             f"{stopped}", hint="start a new run with --out")
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -289,12 +347,15 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "steps": self.step_count,
             "best_val_acc": self.best_val,
+            "stopped_early": self.stopped_early,  # the last epoch of a run the plateau schedule ended, else None
             "shift_px": data.info["shift_px"],
             "student": {"spec": self.cfg.model, "arch": self.parts.student_info.arch,
                         "test_acc": self.evaluate(data.test)["acc"],
                         "shifted_acc": self.evaluate(data.shifted_test)["acc"]},
             "run_dir": str(self.run_dir),
         }
+        if isinstance(self.scheduler, PlateauSchedule):
+            summary["lr_decays"] = self.scheduler.decays
         if isinstance(self.task, DistillTask):
             teacher, norm = self.task.teacher, self.task.teacher_normalize
             summary["teacher"] = {"spec": self.cfg.teacher, "arch": self.parts.teacher_info.arch,
