@@ -105,7 +105,8 @@ def hand_shift(image: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 def test_builtin_plugin_registers_the_five_formats():
     entries = {e.name: e for e in plugins.datasets}
-    expected = {"digits": False, "fashion-mnist": False, "mnist": True, "cifar10": True, "imagefolder": True}
+    expected = {"digits": False, "fashion-mnist": False, "mnist": True, "cifar10": True, "imagefolder": True,
+                "imagenet": True}
     assert expected.keys() <= entries.keys()
     for name, needs_arg in expected.items():
         assert entries[name].meta["needs_arg"] is needs_arg
@@ -461,3 +462,117 @@ def test_imagefolder_undecodable_image(tmp_path):
     write_png(tmp_path / "val" / "cat" / "c.png", 0)
     with pytest.raises(DataError, match="cannot read image .*broken.png"):
         build_datasets(f"imagefolder:{tmp_path}")
+
+
+# --- ImageNet (ILSVRC-2012 layout) ---------------------------------------------------------------
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]  # the first three of the 1000, in sorted order
+
+
+def write_jpeg(path: Path, size=(40, 30), color=None, seed: int = 0) -> None:
+    """A small JPEG (``size`` = (W, H)): noise unless ``color`` is given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if color is None:
+        pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, quality=90)
+    else:
+        Image.new("RGB", size, color).save(path, quality=95)
+
+
+def write_imagenet(root: Path, train_per_class=(3, 2, 4), val_per_class=(1, 1, 1)) -> Path:
+    for c, (wnid, n_train, n_val) in enumerate(zip(WNIDS, train_per_class, val_per_class)):
+        for i in range(n_train):
+            write_jpeg(root / "train" / wnid / f"{wnid}_{i}.JPEG", seed=10 * c + i)
+        for i in range(n_val):
+            write_jpeg(root / "val" / wnid / f"ILSVRC2012_val_{c:04d}{i:04d}.JPEG", seed=100 + 10 * c + i)
+    return root
+
+
+def test_imagenet_tree_classes_splits_and_sizes(tmp_path):
+    root = write_imagenet(tmp_path)
+    (root / "train" / WNIDS[0] / "notes.txt").write_text("not an image")  # other files are skipped
+    sets = build_datasets(f"imagenet:{root}")
+    assert (sets.name, sets.source, sets.classes) == ("imagenet", str(root), WNIDS)
+    assert (sets.in_chans, sets.img_size, sets.num_classes) == (3, (224, 224), 3)
+    assert (len(sets.train), len(sets.test), sets.val_fraction) == (9, 3, 0.01)
+    assert [sets.test[i][1] for i in range(3)] == [0, 1, 2]
+    for dataset in (sets.train, sets.test, sets.train_eval):
+        image, label = dataset[4 if dataset is not sets.test else 0]
+        assert type(image) is torch.Tensor and image.dtype == torch.float32 and image.shape == (3, 224, 224)
+        assert 0.0 <= image.min() and image.max() <= 1.0
+    assert sets.train[4][1] == sets.train_eval[4][1] == 1  # sorted wnids, sorted files within each
+    assert torch.equal(sets.test[2][0], sets.test[2][0])  # the eval transform is deterministic
+
+
+def test_imagenet_eval_view_resizes_256_and_crops_the_centre_224(tmp_path):
+    root = write_imagenet(tmp_path, train_per_class=(1, 1, 1))
+    left, right = Image.new("RGB", (256, 256), (255, 0, 0)), Image.new("RGB", (256, 256), (0, 0, 255))
+    wide = Image.new("RGB", (512, 256))  # already 256 high: the crop is columns 144..367
+    wide.paste(left, (0, 0))
+    wide.paste(right, (256, 0))
+    wide.save(root / "val" / WNIDS[0] / "ILSVRC2012_val_00000000.JPEG", quality=95)
+    image, _ = build_datasets(f"imagenet:{root}").test[0]
+    assert image.shape == (3, 224, 224)
+    assert image[0, :, :100].mean() > 0.9 and image[2, :, :100].mean() < 0.1  # red: columns 144..243
+    assert image[2, :, 124:].mean() > 0.9 and image[0, :, 124:].mean() < 0.1  # blue: columns 268..367
+
+
+def test_imagenet_validation_split_uses_the_eval_view_and_training_crops_are_seeded(tmp_path):
+    root = write_imagenet(tmp_path, train_per_class=(60, 60, 80))  # 200 images: 1 % = 2 held out
+    a, b = load_data(f"imagenet:{root}", seed=7), load_data(f"imagenet:{root}", seed=7)
+    assert (len(a.train), len(a.val), a.info["val"], a.info["val_fraction"]) == (198, 2, 2, 0.01)
+    assert a.val.dataset is a.sets.train_eval and a.train.dataset is a.sets.train
+    # validation images are the eval transform of their files: the same every time
+    assert torch.equal(a.val[0][0], a.val[0][0]) and torch.equal(a.val[1][0], b.val[1][0])
+    index = a.val.indices[0]
+    assert torch.equal(a.val[0][0], a.sets.train_eval[index][0])
+    decoded = a.sets.train_eval.decode(index)
+    assert torch.equal(a.val[0][0], a.sets.train_eval.transform(decoded))
+    state = torch.get_rng_state()
+    crops_a = [a.train[i][0] for i in range(3)]
+    crops_b = [b.train[i][0] for i in range(3)]
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    assert all(torch.equal(x, y) for x, y in zip(crops_a, crops_b))  # same seed, same crops
+    assert not torch.equal(a.train[0][0], a.train[0][0])  # a fresh crop each time an image is served
+    other = load_data(f"imagenet:{root}", seed=8)
+    assert not torch.equal(other.train[0][0], crops_a[0])
+
+
+def test_other_data_sets_keep_ten_percent_and_their_own_view(tmp_path):
+    bundle = load_data("digits")
+    assert bundle.sets.val_fraction == 0.1 and bundle.sets.train_eval is None
+    assert bundle.val.dataset is bundle.sets.train and bundle.info["val_fraction"] == 0.1
+
+
+def test_imagenet_missing_folders_name_the_download(tmp_path):
+    with pytest.raises(DataError) as exc:
+        build_datasets(f"imagenet:{tmp_path / 'nothere'}")
+    line = exc.value.oneline()
+    assert f"imagenet: no such folder {tmp_path / 'nothere'}" in line and "\n" not in line
+    assert "image-net.org" in line and "ILSVRC2012_img_train.tar" in line and "--data imagenet:DIR" in line
+    assert "sorted into wnid folders" in line
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match=r"imagenet: no folder .*val/ \(download ILSVRC2012"):
+        build_datasets(f"imagenet:{tmp_path}")
+    with pytest.raises(DataError, match="needs a folder"):
+        build_datasets("imagenet")
+
+
+def test_imagenet_unsorted_val_and_foreign_classes_are_named(tmp_path):
+    root = write_imagenet(tmp_path, val_per_class=(0, 0, 0))
+    write_jpeg(root / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(DataError, match="holds 1 images but no wnid folders .*valprep.sh"):
+        build_datasets(f"imagenet:{root}")
+    (root / "val" / "ILSVRC2012_val_00000001.JPEG").unlink()
+    write_jpeg(root / "val" / WNIDS[0] / "a.JPEG")
+    write_jpeg(root / "val" / "n99999999" / "b.JPEG")
+    with pytest.raises(DataError, match="class folders that train/ lacks: n99999999"):
+        build_datasets(f"imagenet:{root}")
+    (root / "val" / "n99999999" / "b.JPEG").unlink()
+    (root / "val" / "n99999999").rmdir()
+    sets = build_datasets(f"imagenet:{root}")  # val may lack classes: labels stay train's indices
+    assert sets.classes == WNIDS and len(sets.test) == 1 and sets.test[0][1] == 0
+    (root / "train" / WNIDS[2] / "broken.JPEG").write_bytes(b"not a jpeg")
+    broken = build_datasets(f"imagenet:{root}")
+    with pytest.raises(DataError, match="cannot decode image .*broken.JPEG"):
+        broken.train_eval[broken.train_eval.paths.index(str(root / "train" / WNIDS[2] / "broken.JPEG"))]

@@ -42,7 +42,7 @@ def test_third_party_plugin_is_listed_with_its_version_and_registrations(squares
     assert squares["status"] == "loaded"
     assert squares["registered"] == {"datasets": ["squares"], "eval_suites": ["corners"]}
     assert listed["builtin_datasets"]["registered"]["datasets"] == ["digits", "digits28", "fashion-mnist", "mnist", "cifar10",
-                                                                    "imagefolder"]
+                                                                    "imagefolder", "imagenet"]
 
 
 @pytest.mark.slow

@@ -36,8 +36,10 @@ Seeds = Annotated[Optional[list[str]], typer.Option("--seeds", rich_help_panel=R
 Arms = Annotated[Optional[list[str]], typer.Option("--arms", rich_help_panel=RUN, show_default=False, help=(
     "Run only these arms (comma-separated or repeated); arms they take their teacher from run too."))]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", rich_help_panel=RUN, show_default=False, help=(
-    "KEY=VALUE sets a run setting of every arm (e.g. epochs=5); ARM.KEY=VALUE of one arm "
-    "(e.g. hard-affine.l_max=0.5); 'none' unsets an optional one. Repeatable."))]
+    "KEY=VALUE sets a run setting of every arm, the arms' own values included (e.g. epochs=5, "
+    "data=cifar10:DIR, teacher=resnet50:FILE); ARM.KEY=VALUE of one arm (e.g. hard-affine.l_max=0.5); "
+    "eval.data_root=DIR, eval.sets.NAME=DIR, eval.suites=A,B and results.columns=A,B the [eval] and [results] "
+    "sections; 'none' unsets an optional one. Repeatable."))]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", rich_help_panel=OUTPUT, show_default=False, help=(
     "Output folder: OUT/<arm>/seed-<n> per run, plus results.md, results.json and recipe.toml "
     "\\[default: runs/<recipe>]."))]
@@ -91,7 +93,8 @@ def _list(as_json: bool) -> None:
         description = row["description"] if not row["error"] else f"[red]broken:[/red] {row['error']}"
         table.add_row(row["name"], row["kind"] or "-", ", ".join(row["arms"]) or "-",
                       " ".join(map(str, row["seeds"])) or "-", description)
-    console = Console(file=sys.stdout)
+    # a pipe or file gets the table unwrapped up to 200 columns (Rich assumes 80 off a terminal)
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
     console.print(table)
     console.print("Run one with: hardctl recipes run NAME [--seeds 0 1 2] [--set KEY=VALUE] [--out DIR]",
                   highlight=False, soft_wrap=True)
@@ -121,30 +124,28 @@ def show_command(name: Annotated[str, typer.Argument(metavar="NAME_OR_PATH", hel
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    """The recipe's table in the paper's layout, for the terminal."""
-    from hardctl.recipes import format_delta, format_mean_sem, shift_label
+    """The recipe's table in the paper's layout (the columns results.md shows), for the terminal."""
+    from hardctl.recipes.results import table as layout
 
     title = results["recipe"] + (f" — {results['paper']}" if results.get("paper") else "")
-    table = Table(title=title, caption="test accuracy %, mean ± s.e.m. over seeds")
-    with_delta = results.get("kd_reference") is not None
-    table.add_column("Method", no_wrap=True)
-    table.add_column("Centered", justify="right")
-    table.add_column(shift_label(results), justify="right")
-    if with_delta:
-        table.add_column("Δ centered vs KD", justify="right")
-        table.add_column("Δ shifted vs KD", justify="right")
-    table.add_column("n", justify="right")
-    for arm in results["arms"]:
-        row = [arm["label"], format_mean_sem(arm["centered"]), format_mean_sem(arm["shifted"])]
-        if with_delta:
-            delta = arm.get("vs_kd", {})
-            row += [format_delta(delta.get("centered")), format_delta(delta.get("shifted"))]
-        table.add_row(*row, str(arm["centered"]["n"]))
+    lower = any(c.get("lower_is_better") for c in results.get("columns") or [])
+    table = Table(title=title, caption="test accuracy %, mean ± s.e.m. over seeds"
+                  + (" (↓: an error in %, lower is better)" if lower else ""))
+    header, rows = layout(results)
+    for number, name in enumerate(header):
+        if number == 0:
+            table.add_column(name, no_wrap=True)
+        else:
+            table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
 @recipes_app.command("run", epilog="Examples:  hardctl recipes run transfer-digits --out runs/transfer-digits\n\n"
                      "hardctl recipes run transfer-digits --seeds 0 --arms kd,hard-affine --set epochs=5\n\n"
+                     "hardctl recipes run imagenet-resnet50-resnet18 --set data=imagenet:/data/ILSVRC2012 "
+                     "--set teacher=resnet50:/weights/deepaugment_and_augmix.pth.tar --set eval.data_root=/data\n\n"
                      "hardctl recipes run my-recipe.toml --set hard-affine.l_max=0.5 --json")
 def run_command(target: Target, seeds: Seeds = None, arms: Arms = None, set_: Sets = None, out: Out = None,
                 reuse: Reuse = True, json: Json = False) -> None:

@@ -1,14 +1,20 @@
 """Data sets named by a ``--data`` spec.
 
 A spec is ``NAME`` or ``NAME:ARG`` (``digits``, ``fashion-mnist``, ``mnist:/data/mnist``,
-``cifar10:~/cifar-10-batches-py``, ``imagefolder:/data/pets``). ``NAME`` is looked up in the data-set
+``cifar10:~/cifar-10-batches-py``, ``imagefolder:/data/pets``, ``imagenet:/data/ILSVRC2012``). ``NAME`` is looked up in the data-set
 registry that plugins fill (:func:`hardctl.hookspecs.register_datasets`); the built-in formats live in
 the ``hardctl_builtins`` plugin. Every builder returns images as float tensors in ``[0, 1]`` with shape
 ``C×H×W``: normalisation belongs to the model (each model carries its own mean/std), so that teacher,
 student and augmentor all see pixels.
 
-:func:`load_data` adds what every run needs on top of the raw splits: a deterministic 10 % validation
-split of the training set and a reproducibly shifted copy of the test set.
+:func:`load_data` adds what every run needs on top of the raw splits: a deterministic validation split
+of the training set (10 % unless the data set declares another fraction; ImageNet holds out 1 %) and a
+reproducibly shifted copy of the test set.
+
+Data sets whose training images come out of a random transform (ImageNet's random resized crop) also
+give a second view of the same training images with the test split's deterministic transform
+(:attr:`ImageDatasets.train_eval`): the validation split is drawn from that view, so validation images
+are scored the way test images are, while the training split keeps the random one.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class ImageDatasets:
     in_chans: int
     img_size: tuple[int, int]
     source: str = ""  # where the files came from, for logs and run configs
+    val_fraction: float = VAL_FRACTION  # share of ``train`` held out for validation (ImageNet: 0.01)
+    # ``train``'s images in the same order through the test split's deterministic transform: the view the
+    # validation split is drawn from. None: ``train`` itself (images served as stored, no random transform).
+    train_eval: Dataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -113,22 +123,35 @@ def validation_split(n: int, fraction: float = VAL_FRACTION, seed: int = SPLIT_S
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
 
-def load_data(spec: str, *, shift_px: int | None = None, shift_seed: int = 0) -> DataBundle:
+def load_data(spec: str, *, shift_px: int | None = None, shift_seed: int = 0, seed: int | None = None) -> DataBundle:
     """Everything a run needs from ``--data SPEC``.
 
     The shifted test set moves every test image by ``shift_px`` pixels horizontally and vertically,
     each direction's sign drawn per image from ``shift_seed``, with zero fill (MNIST-C's ``translate``).
     ``None`` scales MNIST-C's 3 px on 28 px to the data's image size (:func:`default_shift_px`).
+
+    The validation split holds out ``sets.val_fraction`` of the training set (always the same images)
+    and is read through ``sets.train_eval`` where the data set has one. ``seed`` seeds the random
+    transform of a data set whose training view has one (ImageNet's crops; per image, as
+    :class:`hardctl.data.transforms.AugmentedImages` does); ``None`` leaves it on the global RNG.
     """
     sets = build_datasets(spec)
     if shift_px is None:
         shift_px = default_shift_px(sets.img_size)
-    train_idx, val_idx = validation_split(len(sets.train))
+    if seed is not None and sets.train_eval is not None:
+        from hardctl.data.transforms import AugmentedImages
+
+        if isinstance(sets.train, AugmentedImages):
+            sets.train.seed = seed
+    if not 0 <= sets.val_fraction < 1:
+        raise DataError(f"data set {sets.name!r} declares a validation fraction of {sets.val_fraction}",
+                        hint="ImageDatasets.val_fraction must be in [0, 1)")
+    train_idx, val_idx = validation_split(len(sets.train), sets.val_fraction)
     return DataBundle(
         spec=spec,
         sets=sets,
         train=Subset(sets.train, train_idx),
-        val=Subset(sets.train, val_idx),
+        val=Subset(sets.train_eval if sets.train_eval is not None else sets.train, val_idx),
         test=sets.test,
         shifted_test=ShiftedImages(sets.test, shift_px=shift_px, seed=shift_seed),
         info={
@@ -139,6 +162,7 @@ def load_data(spec: str, *, shift_px: int | None = None, shift_seed: int = 0) ->
             "img_size": list(sets.img_size),
             "train": len(train_idx),
             "val": len(val_idx),
+            "val_fraction": sets.val_fraction,
             "test": len(sets.test),
             "shift_px": shift_px,
             "shift_seed": shift_seed,

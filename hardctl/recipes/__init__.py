@@ -31,18 +31,48 @@ Every arm key except ``id`` and ``label`` is a :class:`~hardctl.config.RunConfig
 overrides ``[defaults]``; ``seed`` is set per seed. :func:`run_recipe` trains the arms seed by seed
 into ``OUT/<arm>/seed-<n>`` (reusing a finished run whose saved configuration is the same, so an
 interrupted recipe continues where it stopped) and writes ``results.json``, ``results.md`` (the
-paper's layout: rows = arms, columns centered and shifted test accuracy as mean ± s.e.m.) and the
-resolved ``recipe.toml`` into ``OUT``.
+paper's layout: rows = arms, the chosen columns as mean ± s.e.m.) and the resolved ``recipe.toml``
+into ``OUT``.
+
+Optional parts, used by the paper's CIFAR-10 and ImageNet recipes::
+
+    [recipe]
+    teacher_download = "deepaugment_and_augmix.pth.tar from https://github.com/hendrycks/imagenet-r"
+
+    [defaults]
+    teacher = "resnet50:weights/deepaugment_and_augmix.pth.tar"   # NAME:FILE, checked before anything runs
+
+    [eval]                            # score every finished arm's model with hardctl eval's suites
+    suites = ["imagenet-id", "imagenet-ood"]
+    data_root = "data"                # where the suites look for their sets; sets = { NAME = "DIR" } for one set
+    batch_size = 256                  # workers = N: DataLoader workers (default: the eval engine's)
+
+    [results]
+    columns = ["imagenet-val", "imagenet-real", "imagenet-c mCE"]   # default: centered, shifted, eval scores
+    labels = { "imagenet-val" = "Val" }                             # the built-in labels cover the paper's sets
+    reference = "kd"                  # the arm the Δ columns compare with (default: plain KD)
+
+    [[arm]]
+    id = "teacher"
+    label = "Teacher"
+    command = "eval"                  # trains nothing: scores its ``teacher`` once (not per seed)
+
+A column is ``centered`` or ``shifted`` (each run's own test split and its shifted copy), a set of the
+eval suites (``imagenet-val``: top-1 %) or a summary (``imagenet-c mCE``). Sets the suites do not find
+are skipped with the eval engine's message and leave their column empty. ``--set KEY=VALUE`` sets KEY
+for every arm (an arm's own value included), ``--set ARM.KEY=VALUE`` for one arm (applied after the
+former), ``--set eval.KEY=VALUE`` / ``eval.sets.NAME=DIR`` / ``results.columns=a,b`` the sections.
 """
 
 
 from hardctl.recipes.results import (PlannedRun, collect, format_delta, format_mean_sem, markdown, mean_sem,
                                      reproduce_command, saved_config_matches, shift_label, write_results)
 from hardctl.recipes.runner import list_recipes, run_recipe
-from hardctl.recipes.spec import (KINDS, Arm, Recipe, apply_overrides, check_value, describe_file, load_recipe,
-                                  parse_overrides, parse_recipe, parse_value, read_toml, recipe_path)
+from hardctl.recipes.spec import (KINDS, Arm, EvalSpec, Recipe, ResultsSpec, apply_overrides, check_value,
+                                  describe_file, load_recipe, parse_overrides, parse_recipe, parse_value, read_toml,
+                                  recipe_path)
 
-__all__ = ["KINDS", "Arm", "Recipe", "PlannedRun", "apply_overrides", "check_value", "collect", "describe_file",
+__all__ = ["KINDS", "Arm", "EvalSpec", "Recipe", "ResultsSpec", "PlannedRun", "apply_overrides", "check_value", "collect", "describe_file",
            "format_delta", "format_mean_sem", "list_recipes", "load_recipe", "markdown", "mean_sem",
            "parse_overrides", "parse_recipe", "parse_value", "read_toml", "recipe_path", "reproduce_command",
            "run_recipe", "saved_config_matches", "shift_label", "write_results"]

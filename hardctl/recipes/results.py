@@ -26,9 +26,10 @@ from hardctl.recipes.spec import IGNORED_FOR_REUSE, RESOLVED_RECIPE, RESULTS_JSO
 @dataclass
 class PlannedRun:
     arm: Arm
-    seed: int
+    seed: int | None  # None: an eval arm, scored once for all seeds
     run_dir: Path
     cfg: RunConfig  # resolved (HARD defaults filled in), exactly what the run's config.toml will hold
+    evaluate_only: bool = False  # an eval arm: cfg.model is the model it scores, nothing is trained
 
 
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
@@ -87,78 +88,163 @@ def format_delta(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:+.{digits}f}"
 
 
+DEFAULT_LABELS = {
+    "centered": "Centered", "imagenet-val": "Val", "imagenet-real": "ReaL", "imagenet-v2": "V2",
+    "imagenet-a": "Im-A", "imagenet-r": "Im-R", "imagenet-c mCE": "Im-C mCE ↓", "imagenet-sketch": "Sketch",
+    "stylized-imagenet": "Style", "cifar10": "CIFAR-10", "cifar10-shifted": "CIFAR-10 shifted",
+    "cifar10-c mean acc (75 cells)": "CIFAR-10-C", "mnist-c/translate": "MNIST-C translate",
+    "mnist-c mean acc (15 corruptions)": "MNIST-C",
+}
+SUMMARY_COLUMNS = ("centered", "shifted")  # what every trained run's summary.json holds
+
+
 def _kd_reference(recipe: Recipe, arm_ids: list[str]) -> str | None:
-    """The plain-KD arm the other distill arms are compared with: distill, no HARD, no augmentation."""
+    """The KD arm the other distill arms are compared with: ``[results] reference``, else the first
+    distill arm without HARD and without any augmentation."""
+    if recipe.results.reference is not None:
+        return recipe.results.reference if recipe.results.reference in arm_ids else None
     for arm in recipe.arms:
-        if arm.id not in arm_ids:
+        if arm.id not in arm_ids or recipe.is_eval(arm):
             continue
         cfg = recipe.config(arm, recipe.seeds[0])
-        if cfg.command == "distill" and cfg.augmentor.strip().lower() == "none" and cfg.augment == "none":
+        plain = (cfg.augment == "none" and not cfg.mixup and not cfg.cutmix and not cfg.random_erasing)
+        if cfg.command == "distill" and cfg.augmentor.strip().lower() == "none" and plain:
             return arm.id
     return None
 
 
+def _is_cell(key: str, saved: dict[str, Any]) -> bool:
+    return key in saved.get("cells", ())
+
+
+def _columns(recipe: Recipe, eval_keys: list[str], lower: set[str], cells: set[str]) -> list[dict[str, Any]]:
+    """The table's columns: ``[results] columns``, else centered, shifted and the eval scores (no cells)."""
+    keys = recipe.results.columns
+    if keys is None:
+        keys = [*SUMMARY_COLUMNS, *(k for k in eval_keys if k not in cells and " CE" not in k
+                                   and not k.endswith(" relative mCE") and "extras" not in k)]
+    out = []
+    for key in keys:
+        label = recipe.results.labels.get(key) or DEFAULT_LABELS.get(key) or key
+        if key in lower and "↓" not in label:
+            label += " ↓"
+        out.append({"key": key, "label": label, "lower_is_better": key in lower})
+    return out
+
+
 def collect(recipe: Recipe, plan: list[PlannedRun], statuses: dict[Path, str], *, seeds: list[int],
             overrides: dict[str, str], out_dir: Path) -> dict[str, Any]:
-    """results.json's content from the runs of ``plan`` that have a summary."""
+    """results.json's content from the runs of ``plan`` that have a summary (eval arms: scores)."""
+    from hardctl.recipes.evaluation import load_scores
+
     order = [arm.id for arm in recipe.arms if any(p.arm.id == arm.id for p in plan)]
     arms_out: list[dict[str, Any]] = []
     shift_px: set[int] = set()
+    eval_keys: dict[str, None] = {}
+    lower: set[str] = set()
+    cells: set[str] = set()
+    finished = 0
     for arm_id in order:
         arm = recipe.arm(arm_id)
         planned = [p for p in plan if p.arm.id == arm_id]
         cfg = planned[0].cfg
         runs, centered, shifted, teacher_c, teacher_s = [], [], [], [], []
         hard: dict[str, list[float]] = {}
+        scores: dict[str, list[float]] = {}
         for p in planned:
-            summary = _summary(p.run_dir)
-            if summary is None or p.run_dir not in statuses:
+            if p.run_dir not in statuses:
                 continue
-            shift_px.add(summary.get("shift_px"))
-            model = summary["student"]  # in a train run, "student" is the trained model
-            entry = {"seed": p.seed, "run_dir": str(p.run_dir), "status": statuses[p.run_dir],
-                     "test_acc": model["test_acc"], "shifted_acc": model["shifted_acc"]}
-            centered.append(model["test_acc"])
-            shifted.append(model["shifted_acc"])
-            if "teacher" in summary:
-                entry["teacher"] = {k: summary["teacher"][k] for k in ("test_acc", "shifted_acc")}
-                teacher_c.append(summary["teacher"]["test_acc"])
-                teacher_s.append(summary["teacher"]["shifted_acc"])
-            if isinstance(summary.get("hard"), dict):
-                stats = {k: summary["hard"][k] for k in ("switches", "pool_size", "aug_fraction")
-                         if isinstance(summary["hard"].get(k), (int, float))}
-                entry["hard"] = stats
-                for k, v in stats.items():
-                    hard.setdefault(k, []).append(float(v))
+            saved = load_scores(p.run_dir)
+            if p.evaluate_only:
+                if saved is None:
+                    continue
+                own = saved["scores"]
+                entry = {"seed": None, "run_dir": str(p.run_dir), "status": statuses[p.run_dir],
+                         "test_acc": own.get("centered"), "shifted_acc": own.get("shifted")}
+            else:
+                summary = _summary(p.run_dir)
+                if summary is None:
+                    continue
+                shift_px.add(summary.get("shift_px"))
+                model = summary["student"]  # in a train run, "student" is the trained model
+                entry = {"seed": p.seed, "run_dir": str(p.run_dir), "status": statuses[p.run_dir],
+                         "test_acc": model["test_acc"], "shifted_acc": model["shifted_acc"]}
+                if "teacher" in summary:
+                    entry["teacher"] = {k: summary["teacher"][k] for k in ("test_acc", "shifted_acc")}
+                    teacher_c.append(summary["teacher"]["test_acc"])
+                    teacher_s.append(summary["teacher"]["shifted_acc"])
+                if isinstance(summary.get("hard"), dict):
+                    stats = {k: summary["hard"][k] for k in ("switches", "pool_size", "aug_fraction")
+                             if isinstance(summary["hard"].get(k), (int, float))}
+                    entry["hard"] = stats
+                    for k, v in stats.items():
+                        hard.setdefault(k, []).append(float(v))
+            finished += 1
+            if entry["test_acc"] is not None:
+                centered.append(entry["test_acc"])
+            if entry["shifted_acc"] is not None:
+                shifted.append(entry["shifted_acc"])
+            if saved is not None and ((recipe.eval is not None and recipe.eval.suites) or p.evaluate_only):
+                kept = {k: v for k, v in saved["scores"].items() if not _is_cell(k, saved) and k not in SUMMARY_COLUMNS}
+                entry["eval"] = kept
+                if saved.get("skipped"):
+                    entry["eval_skipped"] = sorted(saved["skipped"])
+                for k, v in saved["scores"].items():
+                    if k in SUMMARY_COLUMNS:
+                        continue
+                    eval_keys.setdefault(k)
+                    scores.setdefault(k, []).append(float(v))
+                lower.update(saved.get("lower_is_better", ()))
+                cells.update(saved.get("cells", ()))
             runs.append(entry)
         record: dict[str, Any] = {
-            "id": arm.id, "label": arm.label, "command": cfg.command, "model": cfg.model,
+            "id": arm.id, "label": arm.label, "command": "eval" if planned[0].evaluate_only else cfg.command,
+            "model": cfg.model,
             "teacher": arm.values.get("teacher", recipe.defaults.get("teacher")) if cfg.command == "distill" else None,
             "augment": cfg.augment, "augmentor": cfg.augmentor if cfg.command == "distill" else None,
-            "runs": runs, "centered": mean_sem(centered), "shifted": mean_sem(shifted),
+            "runs": runs, "n": len(runs), "centered": mean_sem(centered), "shifted": mean_sem(shifted),
         }
+        if planned[0].evaluate_only:
+            record.update(teacher=None, augment=None)
         if teacher_c:
             record["teacher_acc"] = {"centered": mean_sem(teacher_c), "shifted": mean_sem(teacher_s)}
         if hard:
             record["hard"] = {k: statistics.fmean(v) for k, v in hard.items()}
+        if scores:
+            record["eval"] = {k: mean_sem(v) for k, v in scores.items() if k not in cells}
+            record["_cells"] = {k: mean_sem(v) for k, v in scores.items() if k in cells}
         arms_out.append(record)
+    columns = _columns(recipe, list(eval_keys), lower, cells)
+    for column in columns:  # the shifted column's default label names the shift: "Shifted (±2 px)"
+        if column["key"] == column["label"] == "shifted":
+            column["label"] = shift_label({"shift_px": sorted(px for px in shift_px if px is not None)})
+    for record in arms_out:
+        cells_of = record.pop("_cells", {})
+        record["columns"] = {c["key"]: (record[c["key"]] if c["key"] in SUMMARY_COLUMNS else
+                                        record.get("eval", {}).get(c["key"], cells_of.get(c["key"], mean_sem([]))))
+                             for c in columns}
     reference = _kd_reference(recipe, order)
     if reference is not None:
         ref = next(a for a in arms_out if a["id"] == reference)
         for record in arms_out:
             if record["command"] == "distill" and record["id"] != reference:
-                record["vs_kd"] = {col: (record[col]["mean"] - ref[col]["mean"]
-                                         if record[col]["mean"] is not None and ref[col]["mean"] is not None else None)
-                                   for col in ("centered", "shifted")}
+                keys = list(dict.fromkeys([*SUMMARY_COLUMNS, *record["columns"]]))
+                stats = {**record["columns"], **{k: record[k] for k in SUMMARY_COLUMNS}}
+                ref_stats = {**ref["columns"], **{k: ref[k] for k in SUMMARY_COLUMNS}}
+                record["vs_kd"] = {col: (stats[col]["mean"] - ref_stats[col]["mean"]
+                                         if stats[col]["mean"] is not None and ref_stats[col]["mean"] is not None
+                                         else None) for col in keys}
     planned_total = len(plan)
-    finished = sum(1 for p in plan if p.run_dir in statuses and _summary(p.run_dir) is not None)
+    eval_info = None
+    if recipe.eval is not None:
+        eval_info = {"suites": recipe.eval.suites, "data_root": recipe.eval.data_root, "sets": recipe.eval.sets}
     return {
         "recipe": recipe.name, "kind": recipe.kind, "description": recipe.description, "paper": recipe.paper,
         "source": recipe.source, "seeds": seeds, "overrides": overrides, "out_dir": str(out_dir),
-        "data": sorted({p.cfg.data for p in plan}),
+        "data": sorted({p.cfg.data for p in plan if not p.evaluate_only} or {p.cfg.data for p in plan}),
         "shift_px": sorted(px for px in shift_px if px is not None),
         "kd_reference": reference, "command": reproduce_command(recipe, seeds, order, overrides, out_dir),
-        "complete": finished == planned_total,
+        "complete": finished == planned_total, "columns": columns, "eval": eval_info,
         "runs_finished": finished, "runs_planned": planned_total, "arms": arms_out,
     }
 
@@ -202,14 +288,38 @@ def shift_label(results: dict[str, Any]) -> str:
     return f"Shifted (±{px[0]} px)" if len(px) == 1 else "Shifted"
 
 
+def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The paper-layout table (header, rows): one row per arm, the chosen columns as mean ± s.e.m., the
+    difference from the KD reference for the centered and shifted columns, and the number of runs."""
+    columns = results.get("columns") or [{"key": k, "label": DEFAULT_LABELS.get(k, k)} for k in SUMMARY_COLUMNS]
+    keys = [c["key"] for c in columns]
+    deltas = [k for k in SUMMARY_COLUMNS if k in keys] if results.get("kd_reference") is not None else []
+    # the shifted column's default label names the shift: "Shifted (±2 px)"
+    labels = [shift_label(results) if c["key"] == c["label"] == "shifted" else c["label"] for c in columns]
+    header = ["Method", *labels, *(f"Δ {k} vs KD" for k in deltas), "n"]
+    rows = []
+    for arm in results["arms"]:
+        values = arm.get("columns") or {k: arm.get(k) for k in keys}
+        row = [arm["label"]] + [format_mean_sem(values.get(k)) for k in keys]
+        delta = arm.get("vs_kd", {})
+        row += [format_delta(delta.get(k)) for k in deltas]
+        row.append(str(arm.get("n", arm["centered"]["n"])))
+        rows.append(row)
+    return header, rows
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """results.md: the paper's table-1 layout (rows = arms; centered / shifted as mean ± s.e.m.)."""
+    """results.md: the paper's layout (rows = arms; the chosen columns as mean ± s.e.m.)."""
     lines = [f"# {results['recipe']}", ""]
     if results.get("description"):
         lines += [results["description"], ""]
     facts = [f"data {', '.join(results['data'])}", f"seeds {', '.join(map(str, results['seeds']))}"]
     if results.get("paper"):
         facts.insert(0, f"paper: {results['paper']}")
+    if results.get("eval"):
+        ev = results["eval"]
+        where = f" under {ev['data_root']}" if ev.get("data_root") else ""
+        facts.append(f"eval suites {', '.join(ev['suites']) or 'none'}{where}")
     if results.get("overrides"):
         facts.append("overrides " + " ".join(f"{k}={v}" for k, v in results["overrides"].items()))
     lines += ["; ".join(facts) + ".", ""]
@@ -217,22 +327,19 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"Command: `{results['command']}`", ""]
     if not results["complete"]:
         lines += [f"**Incomplete:** {results['runs_finished']} of {results['runs_planned']} runs finished.", ""]
-    with_delta = results.get("kd_reference") is not None
+    header, rows = table(results)
+    with_delta = any(h.startswith("Δ ") for h in header)
     reference_label = next((a["label"] for a in results["arms"] if a["id"] == results.get("kd_reference")), "")
-    header = ["Method", "Centered", shift_label(results)]
-    if with_delta:
-        header += ["Δ centered vs KD", "Δ shifted vs KD"]
-    header.append("n")
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for arm in results["arms"]:
-        row = [arm["label"], format_mean_sem(arm["centered"]), format_mean_sem(arm["shifted"])]
-        if with_delta:
-            delta = arm.get("vs_kd", {})
-            row += [format_delta(delta.get("centered")), format_delta(delta.get("shifted"))]
-        row.append(str(arm["centered"]["n"]))
-        lines.append("| " + " | ".join(row) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lower = [c["label"] for c in results.get("columns") or [] if c.get("lower_is_better")]
     lines += ["", "Test accuracy in %, mean ± standard error of the mean over seeds"
+              + (f" ({', '.join(lower)}: an error in %, lower is better)" if lower else "")
               + (f"; Δ: difference of the means from the {reference_label} row." if with_delta else ".")]
+    skipped = sorted({name for arm in results["arms"] for run in arm["runs"] for name in run.get("eval_skipped", ())})
+    if skipped:
+        lines += ["", f"Evaluation sets not found (skipped, '-' in their columns): {', '.join(skipped)}; "
+                  "point --set eval.data_root=DIR or --set eval.sets.NAME=DIR at them."]
     hard_arms = [a for a in results["arms"] if a.get("hard")]
     if hard_arms:
         lines += ["", "| HARD arm | switches | pool size | iterations in augmentor phases |", "|---|---:|---:|---:|"]

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from hardctl.errors import HardctlError, UsageError
+from hardctl.errors import DataError, HardctlError, UsageError
 from hardctl.recipes.results import (PlannedRun, _resumable, _summary, collect, format_delta, format_mean_sem,
                                      markdown, mean_sem, reproduce_command, saved_config_matches, shift_label,
                                      write_results)
-from hardctl.recipes.spec import (KINDS, Arm, Recipe, _toy_module, apply_overrides, describe_file, load_recipe,
-                                  parse_overrides, parse_recipe, recipe_path)
+from hardctl.recipes.spec import (KINDS, Arm, EvalSpec, Recipe, _toy_module, apply_overrides, describe_file,
+                                  load_recipe, parse_overrides, parse_recipe, recipe_path)
 
 
 def _select_arms(recipe: Recipe, arms: Iterable[str] | None, log) -> list[str]:
@@ -56,6 +56,55 @@ def _run_toy(recipe: Recipe, out_dir: Path, *, seeds: list[int], overrides: dict
     return toy.run_recipe(copy.deepcopy(recipe.raw), out_dir, seeds=seeds, overrides=overrides, **extra)
 
 
+def _with_recipe_hint(exc: DataError, cfg_data: str) -> DataError:
+    """A data error of a recipe's run, its hint pointing at ``--set data=...`` instead of ``--data``."""
+    name = cfg_data.partition(":")[0].strip() or cfg_data
+    hint = exc.hint or ""
+    if "--data " in hint:
+        hint = hint.replace("--data ", "--set data=")
+    else:
+        hint = f"{hint}; " if hint else ""
+        hint += f"this recipe reads data = {cfg_data!r}: --set data={name}:DIR"
+    return DataError(exc.message, hint=hint)
+
+
+def _plan(recipe: Recipe, arm_ids: list[str], seeds: list[int], out_dir: Path) -> list[PlannedRun]:
+    plan: list[PlannedRun] = []
+    for index, seed in enumerate(seeds):  # seed by seed: an interrupted recipe leaves whole seeds behind
+        run_dirs = {arm_id: out_dir / arm_id / f"seed-{seed}" for arm_id in arm_ids}
+        for arm_id in arm_ids:
+            arm = recipe.arm(arm_id)
+            if recipe.is_eval(arm):  # scores a fixed model: once, whatever the seeds
+                if index == 0:
+                    plan.append(PlannedRun(arm, None, out_dir / arm_id, recipe.config(arm, seed), evaluate_only=True))
+                continue
+            cfg = recipe.config(arm, seed, run_dirs)
+            try:
+                cfg = cfg.resolve_hard()
+            except UsageError as exc:
+                raise UsageError(f"recipe {recipe.name!r}, arm {arm_id!r}: {exc.message}", hint=exc.hint) from None
+            plan.append(PlannedRun(arm, seed, run_dirs[arm_id], cfg))
+    return plan
+
+
+def _reusable(p: PlannedRun, reuse: bool) -> bool:
+    return (reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
+            and (p.run_dir / "summary.json").is_file() and _summary(p.run_dir) is not None)
+
+
+def _check_data(plan: list[PlannedRun], reuse: bool) -> None:
+    """Read each data set that a run still to be trained needs, so that a missing one stops the recipe
+    before anything runs (an eval arm may come first and take long)."""
+    from hardctl.data import build_datasets
+
+    specs = dict.fromkeys(p.cfg.data for p in plan if not p.evaluate_only and not _reusable(p, reuse))
+    for spec in specs:
+        try:
+            build_datasets(spec)
+        except DataError as exc:
+            raise _with_recipe_hint(exc, spec) from None
+
+
 def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Iterable[int] | None = None,
                arms: Iterable[str] | None = None, overrides: dict[str, str] | None = None, reuse: bool = True,
                progress=None) -> dict[str, Any]:
@@ -64,9 +113,12 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
     ``progress`` is a :class:`hardctl.distill.progress.Reporter` (silent by default): it gets one line
     per run and every run's training progress. With ``reuse``, a run whose ``summary.json`` exists and
     whose ``config.toml`` equals the planned configuration is not trained again (and one that stopped
-    midway is resumed from its last checkpoint); without it, every run starts afresh.
+    midway is resumed from its last checkpoint); without it, every run starts afresh. With an ``[eval]``
+    section every finished run is then scored on its suites (scores saved in the run's ``eval.json`` and
+    reused likewise); an eval arm (``command = "eval"``) trains nothing and scores its teacher once.
     """
     from hardctl.distill.progress import Reporter
+    from hardctl.recipes import evaluation
 
     reporter = progress if progress is not None else Reporter()
     overrides = dict(overrides or {})
@@ -87,24 +139,56 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
 
     recipe = apply_overrides(recipe, overrides)
     arm_ids = _select_arms(recipe, arms, reporter.log)
-    plan: list[PlannedRun] = []
-    for seed in seeds:  # seed by seed: an interrupted recipe leaves whole seeds behind
-        run_dirs = {arm_id: out_dir / arm_id / f"seed-{seed}" for arm_id in arm_ids}
-        for arm_id in arm_ids:
-            arm = recipe.arm(arm_id)
-            cfg = recipe.config(arm, seed, run_dirs)
-            try:
-                cfg = cfg.resolve_hard()
-            except UsageError as exc:
-                raise UsageError(f"recipe {recipe.name!r}, arm {arm_id!r}: {exc.message}", hint=exc.hint) from None
-            plan.append(PlannedRun(arm, seed, run_dirs[arm_id], cfg))
+    plan = _plan(recipe, arm_ids, seeds, out_dir)
+    specs = [(p.arm.id, "model" if not p.evaluate_only else "teacher", p.cfg.model) for p in plan]
+    specs += [(p.arm.id, "teacher", p.cfg.teacher) for p in plan if p.cfg.command == "distill" and not p.evaluate_only
+              and p.cfg.teacher and not p.arm.refs]
+    evaluation.check_weights(recipe, specs)
+    _check_data(plan, reuse)
+    columns = list(recipe.results.columns or ["centered", "shifted"])
+    shifted = "shifted" in columns
+    eval_spec = recipe.eval or EvalSpec()
+    for p in plan:
+        if p.evaluate_only and not evaluation.suites_for(recipe, eval_arm=True, columns=columns):
+            raise UsageError(f"recipe {recipe.name!r}: arm {p.arm.id!r} only evaluates, but nothing would score it",
+                             hint="give the recipe [eval] suites, or show the centered/shifted columns")
+    if plan:
+        evaluation.preview(recipe, plan[0].cfg, evaluation.suites_for(recipe, eval_arm=False, columns=columns),
+                           reporter.log)
 
     from hardctl.distill.trainer import run as train_run
 
     out_dir.mkdir(parents=True, exist_ok=True)
     statuses: dict[Path, str] = {}
     done_at: dict[Path, float] = {}  # when each run's summary was written (to never reuse over a newer teacher)
+
+    def score(p: PlannedRun, tag: str, newer_than: float) -> str | None:
+        suites = evaluation.suites_for(recipe, eval_arm=p.evaluate_only, columns=columns)
+        if not suites:
+            return None
+        model = p.cfg.model if p.evaluate_only else str(p.run_dir)
+        started = time.perf_counter()
+        try:
+            _, status = evaluation.evaluate_model(model, p.cfg, suites, eval_spec, p.run_dir,
+                                                  shifted=shifted and p.evaluate_only, reuse=reuse,
+                                                  newer_than=newer_than, log=reporter.log)
+        except HardctlError as exc:
+            raise evaluation.describe_error(exc, p.arm.id if p.seed is None else f"{p.arm.id} seed {p.seed}") from exc
+        if status == "reused":
+            reporter.log(f"{tag}: scored before on {', '.join(suites)}, reusing {p.run_dir / evaluation.EVAL_FILE}")
+        else:
+            reporter.log(f"{tag}: scored on {', '.join(suites)} in {time.perf_counter() - started:.0f}s")
+        return status
+
     for number, p in enumerate(plan, 1):
+        if p.evaluate_only:
+            tag = f"[{number}/{len(plan)}] {p.arm.label} ({p.arm.id})"
+            reporter.log(f"{tag}: evaluating {p.cfg.model} (no training)")
+            weights = evaluation.weights_file(p.cfg.model)
+            statuses[p.run_dir] = score(p, tag, weights.stat().st_mtime if weights is not None else 0.0) or "evaluated"
+            write_results(out_dir, collect(recipe, plan, statuses, seeds=seeds, overrides=overrides, out_dir=out_dir),
+                          recipe)
+            continue
         tag = f"[{number}/{len(plan)}] {p.arm.label} ({p.arm.id}), seed {p.seed}"
         deps = [p.run_dir.parent.parent / ref / f"seed-{p.seed}" for ref in p.arm.refs]
         summary_file = p.run_dir / "summary.json"
@@ -129,11 +213,15 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
             started = time.perf_counter()
             try:
                 train_run(p.cfg, p.run_dir, resume=resume, force=not resume, reporter=reporter)
+            except DataError as exc:
+                raise _with_recipe_hint(DataError(f"{p.arm.id} seed {p.seed}: {exc.message}", hint=exc.hint),
+                                        p.cfg.data) from exc
             except HardctlError as exc:
                 raise type(exc)(f"{p.arm.id} seed {p.seed}: {exc.message}", hint=exc.hint) from exc
             reporter.log(f"{tag}: done in {time.perf_counter() - started:.0f}s")
         statuses[p.run_dir] = status
         done_at[p.run_dir] = summary_file.stat().st_mtime
+        score(p, tag, done_at[p.run_dir])
         write_results(out_dir, collect(recipe, plan, statuses, seeds=seeds, overrides=overrides, out_dir=out_dir),
                       recipe)
     results = collect(recipe, plan, statuses, seeds=seeds, overrides=overrides, out_dir=out_dir)

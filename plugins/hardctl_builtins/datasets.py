@@ -50,3 +50,11 @@ def register_datasets(register: Callable[..., None]) -> None:
         help="images in DIR/train/CLASS/ and DIR/val/CLASS/ (or test/), decoded lazily",
         needs_arg=True,
     )
+    register(
+        "imagenet",
+        formats.load_imagenet_dataset,
+        help="ILSVRC-2012 DIR/train/<wnid>/ and DIR/val/<wnid>/: one class per wnid folder present (1000 in the "
+        "full release, sorted = timm/torchvision indices); random resized crop 224 + flip for training, "
+        "resize 256 + centre crop 224 for val and the 1 % held-out validation split",
+        needs_arg=True,
+    )

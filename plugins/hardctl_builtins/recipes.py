@@ -13,5 +13,5 @@ RECIPE_DIR = Path(__file__).with_name("recipes")
 def register_recipes(register):
     from hardctl.recipes import describe_file
 
-    for path in sorted(RECIPE_DIR.glob("*.toml")):
+    for path in sorted(RECIPE_DIR.glob("*.toml"), key=lambda p: p.stem):
         register(path.stem, path, help=describe_file(path))
