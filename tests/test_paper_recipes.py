@@ -30,7 +30,7 @@ else:  # pragma: no cover
 
 from hardctl.config import RunConfig
 from hardctl.recipes import load_recipe
-from hardctl.recipes.spec import apply_overrides, parse_overrides
+from hardctl.recipes.overrides import apply_overrides, parse_overrides
 
 CIFAR = ["cifar10-resnet18-vit", "cifar10-resnet101-vit", "cifar10-resnet101-resnet18"]
 IMAGENET = ["imagenet-resnet50-resnet18", "imagenet-resnet50-vit-s"]

@@ -68,9 +68,10 @@ former), ``--set eval.KEY=VALUE`` / ``eval.sets.NAME=DIR`` / ``results.columns=a
 from hardctl.recipes.results import (PlannedRun, collect, format_delta, format_mean_sem, markdown, mean_sem,
                                      reproduce_command, saved_config_matches, shift_label, write_results)
 from hardctl.recipes.runner import list_recipes, run_recipe
-from hardctl.recipes.spec import (KINDS, Arm, EvalSpec, Recipe, ResultsSpec, apply_overrides, check_value,
-                                  describe_file, load_recipe, parse_overrides, parse_recipe, parse_value, read_toml,
-                                  recipe_path)
+from hardctl.recipes.overrides import apply_overrides, parse_overrides
+from hardctl.recipes.sections import EvalSpec, ResultsSpec
+from hardctl.recipes.spec import (KINDS, Arm, Recipe, check_value, describe_file, load_recipe, parse_recipe,
+                                  parse_value, read_toml, recipe_path)
 
 __all__ = ["KINDS", "Arm", "EvalSpec", "Recipe", "ResultsSpec", "PlannedRun", "apply_overrides", "check_value", "collect", "describe_file",
            "format_delta", "format_mean_sem", "list_recipes", "load_recipe", "markdown", "mean_sem",

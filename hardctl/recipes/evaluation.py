@@ -17,7 +17,8 @@ from typing import Any, Callable
 from hardctl.atomic import atomic_path
 from hardctl.config import RunConfig
 from hardctl.errors import HardctlError, UsageError
-from hardctl.recipes.spec import EvalSpec, Recipe
+from hardctl.recipes.sections import EvalSpec
+from hardctl.recipes.spec import Recipe
 
 EVAL_FILE = "eval.json"
 STANDARD = "standard"  # the --data suite: "centered" and "shifted", what a training run's summary holds
@@ -27,9 +28,9 @@ __all__ = ["EVAL_FILE", "evaluate_model", "load_scores", "preview", "row_key", "
 
 
 def _named(spec: str) -> tuple[str, str] | None:
-    """``NAME:FILE`` -> (NAME, FILE) as :mod:`hardctl.models` splits it."""
+    """``NAME:FILE`` -> (NAME, FILE) as :mod:`hardctl.checkpoints` splits it."""
     try:
-        from hardctl.models import split_named_file
+        from hardctl.checkpoints import split_named_file
     except ImportError:  # pragma: no cover - a hardctl without NAME:FILE specs
         return None
     return split_named_file(spec)

@@ -12,8 +12,9 @@ from hardctl.errors import DataError, HardctlError, UsageError
 from hardctl.recipes.results import (PlannedRun, _resumable, _summary, collect, format_delta, format_mean_sem,
                                      markdown, mean_sem, reproduce_command, saved_config_matches, shift_label,
                                      write_results)
-from hardctl.recipes.spec import (KINDS, Arm, EvalSpec, Recipe, _toy_module, apply_overrides, describe_file,
-                                  load_recipe, parse_overrides, parse_recipe, recipe_path)
+from hardctl.recipes.overrides import apply_overrides, parse_overrides
+from hardctl.recipes.sections import EvalSpec
+from hardctl.recipes.spec import KINDS, Arm, Recipe, _toy_module, describe_file, load_recipe, parse_recipe, recipe_path
 
 
 def _select_arms(recipe: Recipe, arms: Iterable[str] | None, log) -> list[str]:

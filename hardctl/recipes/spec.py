@@ -1,4 +1,10 @@
-"""Recipe files: the format, its validation, and command-line overrides (see :mod:`hardctl.recipes`)."""
+"""Recipe files: the :class:`Recipe` and :class:`Arm` model, reading and validating a recipe TOML.
+
+:func:`parse_recipe` checks ``[recipe]``, ``[defaults]`` and the ``[[arm]]`` tables (RunConfig field
+names and types, ``@ID`` references); the ``[eval]`` and ``[results]`` sections are parsed in
+:mod:`hardctl.recipes.sections` and ``--set`` overrides are applied in :mod:`hardctl.recipes.overrides`
+(see :mod:`hardctl.recipes` for the format).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import tomli_w
 
@@ -20,16 +26,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from hardctl.config import RunConfig, key_value_pairs
+from hardctl.config import RunConfig
 from hardctl.errors import UsageError, did_you_mean
+from hardctl.recipes.sections import EvalSpec, ResultsSpec, _check_keys, _parse_eval, _parse_results, _table
 
 KINDS = ("transfer", "toy")
 RECIPE_KEYS = ("name", "kind", "description", "paper", "seeds", "teacher_download")
 SECTIONS = {"transfer": ("recipe", "defaults", "arm", "eval", "results"),
             "toy": ("recipe", "toy")}  # toy: settings in [toy]
-EVAL_KEYS = ("suites", "data_root", "sets", "batch_size", "workers")
-RESULTS_KEYS = ("columns", "labels", "reference")
-EVAL_BATCH_SIZE = 256
 EVAL_COMMAND = "eval"  # an arm that trains nothing: it scores its ``teacher`` (a model that exists)
 RESERVED_IDS = ("eval", "results")  # --set eval.KEY / results.KEY address these sections, not arms
 ARM_OWN_KEYS = ("id", "label")
@@ -54,26 +58,6 @@ class Arm:
         """The arms this one needs for the same seed (``teacher = "@ID"``)."""
         teacher = self.values.get("teacher")
         return [teacher[1:]] if isinstance(teacher, str) and teacher.startswith("@") else []
-
-
-@dataclass
-class EvalSpec:
-    """``[eval]``: the evaluation suites (``hardctl eval``) every finished arm's model is scored on."""
-
-    suites: list[str] = field(default_factory=list)
-    data_root: str | None = None  # where the suites look for their sets (relative: to the working directory)
-    sets: dict[str, str] = field(default_factory=dict)  # set name -> folder, as hardctl eval --set NAME=DIR
-    batch_size: int = EVAL_BATCH_SIZE
-    workers: int | None = None  # None: the eval engine's default (min(8, CPUs) for image files)
-
-
-@dataclass
-class ResultsSpec:
-    """``[results]``: which columns the table shows, their labels, and the KD row deltas refer to."""
-
-    columns: list[str] | None = None  # None: centered, shifted and the eval scores that are not cells
-    labels: dict[str, str] = field(default_factory=dict)
-    reference: str | None = None  # None: the first distill arm without any augmentation
 
 
 @dataclass
@@ -207,21 +191,6 @@ def parse_value(key: str, text: str, where: str) -> Any:
     return text
 
 
-def _table(raw: Any, what: str, source: str) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise UsageError(f"recipe {source}: {what} must be a table, got {type(raw).__name__}")
-    return raw
-
-
-def _check_keys(table: dict[str, Any], allowed: Iterable[str], what: str, source: str) -> None:
-    allowed = list(allowed)
-    for key in table:
-        if key not in allowed:
-            hint_names = ", ".join(allowed) if len(allowed) <= 8 else "the fields of hardctl.config.RunConfig"
-            raise UsageError(f"recipe {source}: unknown key {key!r} in {what}{did_you_mean(key, allowed)}",
-                             hint=f"allowed: {hint_names}")
-
-
 def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe") -> Recipe:
     """Validate a recipe document (already read from TOML) and return it as a :class:`Recipe`."""
     head = _table(raw.get("recipe", {}), "[recipe]", source)
@@ -272,73 +241,6 @@ def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe")
                     teacher_download=head.get("teacher_download", ""))
     _validate_transfer(recipe)
     return recipe
-
-
-def _string_list(value: Any, what: str, source: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise UsageError(f"recipe {source}: {what} must be a list of names, got {value!r}")
-    if len(set(value)) != len(value):
-        raise UsageError(f"recipe {source}: {what} lists a name twice: {value}")
-    return [v.strip() for v in value]
-
-
-def _string_table(value: Any, what: str, source: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise UsageError(f"recipe {source}: {what} must be a table of strings, got {value!r}")
-    return dict(value)
-
-
-def _parse_eval(raw: dict[str, Any], source: str) -> EvalSpec | None:
-    """``[eval]``: suites known to the plugin registry, and ``sets`` names that those suites read."""
-    if "eval" not in raw:
-        return None
-    table = _table(raw["eval"], "[eval]", source)
-    _check_keys(table, EVAL_KEYS, "[eval]", source)
-    spec = EvalSpec(suites=_string_list(table.get("suites", []), "[eval] suites", source),
-                    sets=_string_table(table.get("sets", {}), "[eval] sets", source))
-    if "data_root" in table:
-        if not isinstance(table["data_root"], str) or not table["data_root"].strip():
-            raise UsageError(f"recipe {source}: [eval] data_root must be a folder name, got {table['data_root']!r}")
-        spec.data_root = table["data_root"]
-    for key, minimum in (("batch_size", 1), ("workers", 0)):
-        if key in table:
-            value = table[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise UsageError(f"recipe {source}: [eval] {key} must be an integer >= {minimum}, got {value!r}")
-            setattr(spec, key, value)
-    from hardctl import plugins
-
-    for suite in spec.suites:
-        try:
-            plugins.eval_suites.get(suite)
-        except UsageError as exc:
-            raise UsageError(f"recipe {source}: [eval] suites: {exc.message}", hint=exc.hint) from None
-    if spec.sets:
-        from hardctl.eval.runner import suite_sources
-
-        known = suite_sources(spec.suites)
-        for key in spec.sets:
-            if key not in known:
-                raise UsageError(f"recipe {source}: [eval] sets: the suites read no set {key!r}{did_you_mean(key, known)}",
-                                 hint=f"they read: {', '.join(sorted(known)) or 'none'}")
-    return spec
-
-
-def _parse_results(raw: dict[str, Any], source: str, arm_ids: list[str]) -> ResultsSpec:
-    table = _table(raw.get("results", {}), "[results]", source)
-    _check_keys(table, RESULTS_KEYS, "[results]", source)
-    spec = ResultsSpec(labels=_string_table(table.get("labels", {}), "[results] labels", source))
-    if "columns" in table:
-        spec.columns = _string_list(table["columns"], "[results] columns", source)
-        if not spec.columns:
-            raise UsageError(f"recipe {source}: [results] columns is empty", hint="name at least one column")
-    if "reference" in table:
-        reference = table["reference"]
-        if reference not in arm_ids:
-            raise UsageError(f"recipe {source}: [results] reference {reference!r} is no arm"
-                             f"{did_you_mean(str(reference), arm_ids)}", hint=f"its arms: {', '.join(arm_ids)}")
-        spec.reference = reference
-    return spec
 
 
 def _toy_module():
@@ -442,117 +344,6 @@ def describe_file(path: str | Path) -> str:
         return text.strip().splitlines()[0] if isinstance(text, str) and text.strip() else ""
     except Exception:  # a broken file must not break listing
         return ""
-
-
-# ---------------------------------------------------------------------------------------------- overrides
-def apply_overrides(recipe: Recipe, overrides: dict[str, str] | Iterable[str]) -> Recipe:
-    """A new recipe with ``KEY=VALUE`` (every arm), ``ARM_ID.KEY=VALUE`` (one arm), ``eval.KEY=VALUE``
-    (``[eval]``) and ``results.KEY=VALUE`` (``[results]``) applied.
-
-    Values are converted to the RunConfig field's type; ``none`` unsets an optional field. ``KEY=VALUE``
-    sets ``[defaults]`` and replaces the value of every arm that sets KEY itself; arm-level overrides are
-    applied after it whatever their order on the command line, so ``--set lr=1e-3 --set kd.lr=1e-4``
-    and the reverse both give ``kd`` 1e-4.
-    """
-    pairs = parse_overrides(overrides) if not isinstance(overrides, dict) else dict(overrides)
-    if not pairs:
-        return recipe
-    if recipe.kind != "transfer":
-        raise UsageError(f"recipe {recipe.name!r} is a {recipe.kind} recipe; its overrides go to hardctl.{recipe.kind}")
-    raw = copy.deepcopy(recipe.raw)
-    defaults = raw.setdefault("defaults", {})
-    arm_tables = {table["id"]: table for table in raw["arm"]}
-    sections = [(k, v) for k, v in pairs.items() if k.split(".", 1)[0].strip() in RESERVED_IDS and "." in k]
-    settings = [(k, v) for k, v in pairs.items() if (k, v) not in sections]
-    for key, text in sections:
-        _override_section(raw, key, text)
-    ordered = [(k, v) for k, v in settings if "." not in k] + [(k, v) for k, v in settings if "." in k]
-    for key, text in ordered:
-        arm_id, dot, name = key.rpartition(".")
-        where = f"--set {key}={text}"
-        if dot and arm_id not in arm_tables:
-            ids = list(arm_tables)
-            raise UsageError(f"{where}: recipe {recipe.name!r} has no arm {arm_id!r}{did_you_mean(arm_id, ids)}",
-                             hint=f"its arms: {', '.join(ids)}; [eval] and [results]: --set eval.KEY=VALUE")
-        name = name.strip().replace("-", "_")
-        if name == PER_SEED:
-            raise UsageError(f"{where}: the seed is set per seed", hint="use --seeds")
-        if name in ARM_OWN_KEYS and dot:
-            if name == "id":
-                raise UsageError(f"{where}: an arm's id cannot be overridden")
-            arm_tables[arm_id][name] = text
-            continue
-        if name not in RUN_FIELDS:
-            raise UsageError(f"{where}: unknown setting {name!r}{did_you_mean(name, RUN_FIELDS)}",
-                             hint="settings are the fields of hardctl.config.RunConfig (the options of train/distill)")
-        value = parse_value(name, text, where)
-        if dot:
-            arm_tables[arm_id][name] = value  # None in an arm: unset for that arm only
-            continue
-        # every arm: [defaults] (None: unset, so that the field's own default applies), and no arm keeps its own
-        if value is None:
-            defaults.pop(name, None)
-        else:
-            defaults[name] = value
-        for table in arm_tables.values():
-            table.pop(name, None)
-    resolved = parse_recipe(raw, recipe.source, default_name=recipe.name)
-    resolved.raw.setdefault("recipe", {})["name"] = recipe.name
-    return resolved
-
-
-def _names(text: str) -> list[str]:
-    """``"a,b"`` or ``"a b"`` -> ``["a", "b"]`` (with a comma, names may hold spaces: ``"x,imagenet-c mCE"``);
-    ``none`` (or nothing) -> ``[]``."""
-    parts = [part.strip() for part in (text.split(",") if "," in text else text.split()) if part.strip()]
-    return [] if [p.lower() for p in parts] in ([], ["none"]) else parts
-
-
-def _override_section(raw: dict[str, Any], key: str, text: str) -> None:
-    """``eval.suites=a,b``, ``eval.data_root=DIR``, ``eval.sets.NAME=DIR``, ``eval.batch_size=N``,
-    ``eval.workers=N``, ``results.columns=a,b``, ``results.labels.KEY=LABEL``, ``results.reference=ARM``
-    (``none`` unsets)."""
-    section, _, rest = key.partition(".")
-    section, rest = section.strip(), rest.strip()
-    where = f"--set {key}={text}"
-    table = raw.setdefault(section, {})
-    allowed = EVAL_KEYS if section == "eval" else RESULTS_KEYS
-    name, dot, sub = rest.partition(".")
-    name = name.strip().replace("-", "_")
-    if name not in allowed:
-        raise UsageError(f"{where}: [{section}] has no setting {name!r}{did_you_mean(name, allowed)}",
-                         hint=f"[{section}] settings: {', '.join(allowed)}")
-    unset = text.strip().lower() in ("none", "")
-    if name in ("sets", "labels"):
-        if not dot or not sub.strip():
-            example = "eval.sets.imagenet-a=/data/imagenet-a" if name == "sets" else "results.labels.centered=Test"
-            raise UsageError(f"{where}: name the entry", hint=f"e.g. --set {example}")
-        entries = table.setdefault(name, {})
-        if unset:
-            entries.pop(sub.strip(), None)
-        else:
-            entries[sub.strip()] = text.strip()
-        return
-    if dot:
-        raise UsageError(f"{where}: [{section}] {name} has no entries", hint=f"use --set {section}.{name}=VALUE")
-    if name in ("suites", "columns"):
-        table[name] = _names(text)
-        if name == "columns" and not table[name]:
-            table.pop(name)  # none: the default columns
-    elif unset:
-        table.pop(name, None)
-    elif name in ("batch_size", "workers"):
-        try:
-            table[name] = int(text.strip())
-        except ValueError:
-            raise UsageError(f"{where}: {section}.{name} takes an integer, got {text!r}") from None
-    else:
-        table[name] = text.strip()
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, str]:
-    """``["lr=0.01", "kd.epochs=3"]`` -> ``{"lr": "0.01", "kd.epochs": "3"}`` (later ones win)."""
-    return dict(key_value_pairs(items, flag="--set", example="--set epochs=5 or --set kd.lr=0.01"))
 
 
 def _without_none(raw: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The built-in data-set formats, registered through the same hook as any third-party plugin.
 
-The readers themselves live in :mod:`hardctl.data.formats`; this module only names them for
+The readers themselves live in :mod:`hardctl.data.formats` (array formats) and
+:mod:`hardctl.data.folders` (folders of images); this module only names them for
 ``--data NAME[:ARG]`` and says which ones need a folder.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from hardctl import hookimpl
-from hardctl.data import formats
+from hardctl.data import folders, formats
 
 
 @hookimpl
@@ -46,13 +47,13 @@ def register_datasets(register: Callable[..., None]) -> None:
     )
     register(
         "imagefolder",
-        formats.load_imagefolder_dataset,
+        folders.load_imagefolder_dataset,
         help="images in DIR/train/CLASS/ and DIR/val/CLASS/ (or test/), decoded lazily",
         needs_arg=True,
     )
     register(
         "imagenet",
-        formats.load_imagenet_dataset,
+        folders.load_imagenet_dataset,
         help="ILSVRC-2012 DIR/train/<wnid>/ and DIR/val/<wnid>/: one class per wnid folder present (1000 in the "
         "full release, sorted = timm/torchvision indices); random resized crop 224 + flip for training, "
         "resize 256 + centre crop 224 for val and the 1 % held-out validation split",
