@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from hardctl.errors import CheckpointError, ModelError, UsageError
-from hardctl.models import _TIMM_SOURCE_PREFIXES, ModelInfo, create_model, resolve_name
+from hardctl.models import _TIMM_SOURCE_PREFIXES, ModelInfo, create_model, resolve_name, state_dict_mismatch
 
 __all__ = ["split_named_file"]
 
@@ -116,11 +116,8 @@ def _load_named_file(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        # torch lists every key over many lines; keep the first detail line
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
         raise ModelError(
-            f"weights file {path} does not fit architecture {arch!r}: {detail[:300]}",
+            f"weights file {path} does not fit architecture {arch!r}: {state_dict_mismatch(e)}",
             hint="NAME in NAME:FILE must be the timm architecture the weights were trained as",
         ) from None
     return model, replace(info, source=f"file:{path}")

@@ -293,11 +293,8 @@ def _load_file(path: Path, source: str) -> tuple[nn.Module, ModelInfo]:
             hint="re-export it or point at another file",
         ) from None
     except RuntimeError as e:
-        # torch's message lists every key over many lines; keep the first line and the first detail
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
         raise CheckpointError(
-            f"weights file {path} does not match architecture {info.arch!r}: {detail[:300]}",
+            f"weights file {path} does not match architecture {info.arch!r}: {state_dict_mismatch(e)}",
             hint="re-export it with this hardctl version or point at another file",
         ) from None
     # the file's metadata wins over the caller's request: callers compare and report mismatches
@@ -308,6 +305,12 @@ def _looks_like_path(spec: str) -> bool:
     if spec.startswith(_TIMM_SOURCE_PREFIXES):
         return False
     return "/" in spec or os.sep in spec or spec.endswith(".safetensors") or spec.startswith(("~", "."))
+
+
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """The gist of ``load_state_dict``'s error: torch lists every key over many lines; keep the first detail."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return (lines[1] if len(lines) > 1 else (lines[0] if lines else ""))[:300]
 
 
 def load_model(

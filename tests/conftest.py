@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hardctl.cli import main
+from hardctl.distill.progress import Reporter
 
 
 @dataclass
@@ -66,3 +67,14 @@ def listed_plugins(site: Path) -> dict[str, dict]:
     result = run_subprocess("plugins", "--json", env={"PYTHONPATH": str(site)})
     assert result.code == 0 and "warning" not in result.err, result.err
     return {p["name"]: p for p in json.loads(result.out)}
+
+
+class InterruptAt(Reporter):
+    """Simulates Ctrl-C in the middle of training, after ``step`` optimisation steps (resume tests)."""
+
+    def __init__(self, step: int):
+        self.at = step
+
+    def step(self, record):
+        if record["step"] == self.at:
+            raise KeyboardInterrupt

@@ -109,7 +109,7 @@ def test_one_augmentor_step_raises_the_student_teacher_loss(tmp_path, digits_tea
 # ---------------------------------------------------------------------------------------------- a HARD run
 @pytest.mark.slow
 def test_hard_run_switches_saves_a_pool_and_resumes_identically(tmp_path, digits_teacher):
-    from test_training import InterruptAt
+    from conftest import InterruptAt
 
     cfg = RunConfig(command="distill", teacher=str(digits_teacher), augmentor="affine", l_min=0.45, l_max=0.5,
                     switch_patience=1, max_aug_steps=5, aug_batch_size=64, **{**SMALL, "epochs": 2})

@@ -14,10 +14,10 @@ from torchvision.transforms import v2
 from hardctl.config import RunConfig
 from hardctl.data.mixing import BatchMix, build_mixer, hard_labels
 from hardctl.distill.losses import kd_loss, soft_cross_entropy
-from hardctl.distill.progress import Reporter
 from hardctl.distill.tasks import SupervisedTask
 from hardctl.errors import UsageError
 from hardctl.models import ModelInfo
+from conftest import InterruptAt
 
 B, K = 8, 10
 BASELINE = ("--mixup", 1, "--cutmix", 1, "--augment", "standard+trivialaugment", "--random-erasing", 0.25)
@@ -227,14 +227,6 @@ def test_hard_distill_with_mixup_runs(cli, tmp_path, digits_teacher):
     assert summary["hard"]["augmentor"] == "affine" and 0 <= summary["student"]["test_acc"] <= 100
     assert RunConfig.load(tmp_path / "hard").mixup == 0.2
 
-
-class InterruptAt(Reporter):
-    def __init__(self, step: int):
-        self.at = step
-
-    def step(self, record):
-        if record["step"] == self.at:
-            raise KeyboardInterrupt
 
 
 def test_a_resumed_run_mixes_and_augments_as_one_never_stopped(tmp_path):

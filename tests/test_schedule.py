@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from hardctl.config import RunConfig
 from hardctl.distill import rundir
-from hardctl.distill.progress import Reporter
 from hardctl.distill.schedules import DECAY, IMPROVED, STOP, WAIT, PlateauSchedule, lr_lambda, make_optimizer
 from hardctl.distill.trainer import Trainer, run
 from hardctl.errors import UsageError
+from conftest import InterruptAt
 
 LR = 1e-3
 TINY = ["--model", "mnist_mlp", "--data", "digits", "--batch-size", "256", "--lr", str(LR)]  # 6 steps per epoch
@@ -231,16 +231,6 @@ def test_plateau_restores_the_best_weights_and_stops_early(cli, tmp_path, script
     again = cli("train", "--resume", out)
     assert again.code == 2 and "stopped it after epoch 4" in again.err
 
-
-class InterruptAt(Reporter):
-    """Ctrl-C after ``step`` optimisation steps."""
-
-    def __init__(self, step: int):
-        self.at = step
-
-    def step(self, record):
-        if record["step"] == self.at:
-            raise KeyboardInterrupt
 
 
 def test_resume_restores_the_plateau_state(tmp_path, scripted_val):

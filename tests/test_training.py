@@ -11,10 +11,10 @@ from safetensors import safe_open
 
 from hardctl.config import RunConfig
 from hardctl.distill import rundir
-from hardctl.distill.progress import Reporter
 from hardctl.distill.tasks import SupervisedTask
 from hardctl.distill.trainer import lr_lambda, run
 from hardctl.errors import TrainingError, UsageError
+from conftest import InterruptAt
 
 TINY = dict(data="digits", model="mnist_mlp", epochs=3, batch_size=128, lr=2e-3, warmup_epochs=1.0)
 
@@ -22,16 +22,6 @@ TINY = dict(data="digits", model="mnist_mlp", epochs=3, batch_size=128, lr=2e-3,
 def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
-
-class InterruptAt(Reporter):
-    """Simulates Ctrl-C in the middle of training, after ``step`` optimisation steps."""
-
-    def __init__(self, step: int):
-        self.at = step
-
-    def step(self, record):
-        if record["step"] == self.at:
-            raise KeyboardInterrupt
 
 
 def test_run_directory_has_every_artifact(tmp_path):
