@@ -121,7 +121,6 @@ class HardTrainer(Trainer):
 
     def student_step(self, images, labels) -> dict[str, float]:
         """One KD step on a batch augmented by a pool entry drawn at random."""
-        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         entry = self.pool.sample()
         with torch.no_grad():
             augmented = self.pool.augment(entry, images)
@@ -186,7 +185,6 @@ class HardTrainer(Trainer):
     def joint_step(self, images, labels) -> dict[str, float]:
         """Augmentor and student in one step (no teacher–teacher term): the student descends ``L_st``,
         the augmentor ascends ``λ_s·L_st`` through a gradient reversal on ``x̃``."""
-        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         with autocast_for(self.device, self.amp):
             augmented = self.augmentor(images)
             self.check_augmented(images, augmented)

@@ -173,8 +173,7 @@ class Trainer:
         return images, labels
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
+        """One optimisation step on a batch from :meth:`prepare_batch` (on the device, mixed if configured)."""
         with autocast_for(self.device, self.amp):
             out = self.task(images, labels)
         loss = out["loss"]
