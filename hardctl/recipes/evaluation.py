@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hardctl.atomic import atomic_path
+from hardctl.checkpoints import split_named_file
 from hardctl.config import RunConfig
 from hardctl.errors import HardctlError, UsageError
 from hardctl.recipes.sections import EvalSpec
@@ -27,21 +28,12 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".tar", ".bin", ".
 __all__ = ["EVAL_FILE", "evaluate_model", "load_scores", "preview", "row_key", "suites_for", "weights_file"]
 
 
-def _named(spec: str) -> tuple[str, str] | None:
-    """``NAME:FILE`` -> (NAME, FILE) as :mod:`hardctl.checkpoints` splits it."""
-    try:
-        from hardctl.checkpoints import split_named_file
-    except ImportError:  # pragma: no cover - a hardctl without NAME:FILE specs
-        return None
-    return split_named_file(spec)
-
-
 def weights_file(spec: str) -> Path | None:
     """The weights file a model spec names (``resnet50:FILE.pth.tar``, ``x.safetensors``), else None."""
     spec = spec.strip()
     if spec.startswith("@"):
         return None
-    named = _named(spec)
+    named = split_named_file(spec)
     candidate = named[1] if named is not None else spec
     return Path(candidate).expanduser() if candidate.lower().endswith(WEIGHT_SUFFIXES) else None
 
@@ -153,7 +145,7 @@ def check_weights(recipe: Recipe, specs: list[tuple[str, str, str]]) -> None:
         path = weights_file(spec)
         if path is None or path.is_file():
             continue
-        named = _named(spec.strip())
+        named = split_named_file(spec.strip())
         target = f"{named[0]}:/path/to/{path.name}" if named is not None else f"/path/to/{path.name}"
         where = f"get {recipe.teacher_download}, then " if recipe.teacher_download and role == "teacher" else ""
         raise UsageError(f"recipe {recipe.name!r}, arm {arm_id!r}: {role} weights file {path} does not exist",
