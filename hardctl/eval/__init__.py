@@ -1,7 +1,7 @@
 """Scoring classifiers on labelled image sets.
 
-:func:`accuracy` streams a data set through a model (batched, no gradients, autocast on CUDA) and
-counts top-1 hits. Evaluation suites, registered by plugins through
+:func:`accuracy` (a training run's validation) and ``hardctl eval`` share one streaming loop,
+:mod:`hardctl.eval.engine`. Evaluation suites, registered by plugins through
 :func:`hardctl.hookspecs.register_eval_suites`, turn a data spec (or, for suites registered with
 ``sources=``, a ``--data-root`` and ``--set`` folders) into a list of :class:`EvalSet`.
 
@@ -15,16 +15,13 @@ rows) and :mod:`~hardctl.eval.report` (table, JSON, CSV, Markdown). None of them
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from hardctl import plugins
+from hardctl.eval.engine import accuracy, autocast_for  # the trainer's entry points into the one loop
 
 __all__ = ["EvalSet", "accuracy", "autocast_for", "run_suite"]
 
@@ -63,49 +60,6 @@ class EvalSet:
         if self.open is None:
             raise ValueError(f"eval set {self.name!r} has neither a dataset nor an open()")
         return self.open()
-
-
-def autocast_for(device: torch.device, amp: str):
-    """The autocast context for ``amp`` in ``{"bf16", "fp16", "off"}`` on ``device``."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def accuracy(
-    model: nn.Module,
-    dataset: Dataset,
-    *,
-    normalize: nn.Module | None = None,
-    device: torch.device | str = "cpu",
-    batch_size: int = 256,
-    amp: str = "off",
-    workers: int = 0,
-) -> dict[str, float]:
-    """Top-1 accuracy (in %) and mean cross-entropy of ``model`` on ``dataset``."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
-    correct, total, loss_sum = 0, 0, 0.0
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if normalize is not None:
-            images = normalize(images)
-        with autocast_for(device, amp):
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(dim=-1) == labels).sum().item()
-        total += labels.numel()
-    model.train(was_training)
-    if total == 0:
-        return {"acc": float("nan"), "loss": float("nan"), "n": 0}
-    return {"acc": 100.0 * correct / total, "loss": loss_sum / total, "n": total}
 
 
 def run_suite(name: str, data_spec: str, **options) -> list[EvalSet]:

@@ -1,5 +1,8 @@
 """The evaluation loop: one streaming pass over a data set feeds one or more models.
 
+It is hardctl's only evaluation loop: ``hardctl eval`` and recipes score through :func:`score`, a
+training run's validation and test accuracy through :func:`accuracy` (one model, top-1 and loss).
+
 * Data arrive through a :class:`~torch.utils.data.DataLoader` (workers, pinned memory on CUDA,
   never shuffled), so memory holds a few batches whatever the size of the set.
 * uint8 batches become ``[0, 1]`` floats on the device; each model then applies its own mean/std,
@@ -12,20 +15,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from hardctl.errors import HardctlError
-from hardctl.eval import autocast_for
+from hardctl.eval.metrics import TopK
 
-__all__ = ["Feed", "OutOfMemory", "PassStats", "batches", "make_loader", "score"]
+__all__ = ["Feed", "OutOfMemory", "PassStats", "accuracy", "autocast_for", "batches", "make_loader", "score"]
 
 OutOfMemory = torch.cuda.OutOfMemoryError  # torch.OutOfMemoryError in recent torch: the same class
+
+
+def autocast_for(device: torch.device, amp: str):
+    """The autocast context for ``amp`` in ``{"bf16", "fp16", "off"}`` on ``device``."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -139,3 +152,26 @@ def score(
         torch.cuda.synchronize(device)
     stats.images, stats.seconds = done, time.perf_counter() - start
     return scorers, stats
+
+
+def accuracy(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    normalize: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    amp: str = "off",
+    workers: int = 0,
+) -> dict[str, float]:
+    """Top-1 accuracy (in %), mean cross-entropy and image count of one model: ``{"acc", "loss", "n"}``.
+
+    One :func:`score` pass with a top-1 :class:`~hardctl.eval.metrics.TopK`; inputs keep their memory
+    format (a model being trained is not converted to ``channels_last``). An empty set gives NaNs.
+    """
+    (scorer,), _ = score([Feed(model, normalize)], dataset, partial(TopK, k=1), device=device,
+                         batch_size=batch_size, amp=amp, workers=workers, channels_last=False)
+    result = scorer.result()
+    if not result["images"]:
+        return {"acc": float("nan"), "loss": float("nan"), "n": 0}
+    return {"acc": result["acc"], "loss": result["loss"], "n": result["images"]}

@@ -4,6 +4,8 @@ A *scorer* consumes the logits of one batch at a time (``update``) and reports a
 (``result``). Batches arrive in data-set order and are never shuffled. Counts are kept on the logits'
 device, so a batch costs no host synchronisation, except for ReaL, whose label lists live on the host.
 
+* :func:`top1_correct` / :func:`top1_accuracy`: the one top-1 comparison of hardctl (class indices or soft
+  targets), used by the scorers here and by training's accuracy and HARD's switching statistic.
 * :class:`TopK` is the standard 1000-way (or N-way) top-1/top-5 accuracy and mean cross-entropy. With
   ``logit_indices`` it first keeps only those logit columns, in that order, as hendrycks' ImageNet-A/R
   ``eval.py`` and timm's ``validate.py --valid-labels`` do: the targets are then positions in the
@@ -26,7 +28,25 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RealTopK", "Scorer", "TopK", "real_labels", "timm_info_file"]
+from hardctl.data.mixing import hard_labels
+
+__all__ = ["RealTopK", "Scorer", "TopK", "real_labels", "timm_info_file", "top1_accuracy", "top1_correct"]
+
+
+def top1_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row of ``logits``, whether its argmax is the target: a bool tensor ``B``, left on the device.
+
+    ``targets`` are class indices ``B`` or soft targets ``B×K`` (MixUp/CutMix, a teacher's logits), whose
+    argmax is the class (:func:`hardctl.data.mixing.hard_labels`). Every top-1 count of hardctl (the
+    evaluation loop, training accuracy, HARD's disagreement with the teacher) is this comparison.
+    """
+    return logits.detach().argmax(-1) == hard_labels(targets).to(logits.device)
+
+
+def top1_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy in % of one batch (see :func:`top1_correct`); NaN for an empty batch."""
+    correct = top1_correct(logits, targets)
+    return 100.0 * float(correct.float().mean()) if correct.numel() else float("nan")
 
 
 class Scorer(Protocol):
@@ -72,11 +92,10 @@ class TopK:
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         logits = self._select(logits.float())
         targets = targets.to(logits.device)
+        hits1 = top1_correct(logits, targets).sum()
         k = min(self.k, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(targets[:, None])
-        hits1, hitsk = hits[:, 0].sum(), hits.any(dim=1).sum()
-        loss = F.cross_entropy(logits, targets, reduction="sum")
+        hitsk = logits.topk(k, dim=1).indices.eq(hard_labels(targets)[:, None]).any(dim=1).sum()
+        loss = F.cross_entropy(logits, targets, reduction="sum")  # soft targets B×K: their cross-entropy
         if self._hits1 is None:
             self._hits1, self._hitsk, self._loss = hits1, hitsk, loss
         else:
