@@ -32,10 +32,12 @@ from typing import Any
 import torch
 
 from hardctl.atomic import atomic_path
+from hardctl.distill.rundir import read_jsonl
 from hardctl.errors import UsageError
+from hardctl.runfiles import EPOCHS_FILE, STEPS_FILE
 
 __all__ = ["GRID_FILE", "PHASES_FILE", "Grid", "assemble_grid", "augmentation_columns", "choose_snapshots",
-           "mix_columns", "plot_phases", "read_steps", "render", "weights_caption"]
+           "mix_columns", "plot_phases", "read_steps", "render", "switches_from_epochs", "weights_caption"]
 
 GRID_FILE = "augmentations.png"
 PHASES_FILE = "phases.png"
@@ -99,8 +101,8 @@ def render(run_dir: str | Path, out_dir: str | Path | None = None, *, rows: int 
         columns, titles, captions, sources = mixed
         grid = assemble_grid(columns, titles, captions=captions, group_after=sources)
     grid_path = grid.save(out / GRID_FILE)
-    phases_path = plot_phases(read_steps(run_dir / "steps.jsonl"), out / PHASES_FILE, augmentor=cfg.augmentor,
-                              l_min=cfg.l_min, l_max=cfg.l_max, switches=_switches_from_epochs(run_dir),
+    phases_path = plot_phases(read_steps(run_dir / STEPS_FILE), out / PHASES_FILE, augmentor=cfg.augmentor,
+                              l_min=cfg.l_min, l_max=cfg.l_max, switches=switches_from_epochs(run_dir),
                               pool_size=len(files))
     return {"grid": grid_path, "phases": phases_path}
 
@@ -328,21 +330,13 @@ def _font():
 def read_steps(path: str | Path) -> list[dict[str, Any]]:
     """The records of ``steps.jsonl`` that carry the switching statistic, one per iteration, in order.
 
-    A torn last line (a run killed mid-write) is skipped; a resumed run's repeated iterations keep their
-    latest record.
+    Read by :func:`hardctl.distill.rundir.read_jsonl` (a torn last line is dropped); a resumed run's
+    repeated iterations keep their latest record.
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
     by_iter: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict) or "iter" not in record or record.get("aug_error") is None:
-            continue
-        by_iter[int(record["iter"])] = record
+    for record in read_jsonl(path):
+        if "iter" in record and record.get("aug_error") is not None:
+            by_iter[int(record["iter"])] = record
     return [by_iter[i] for i in sorted(by_iter)]
 
 
@@ -358,20 +352,10 @@ def _phase_runs(records: Sequence[dict[str, Any]]) -> list[tuple[str, int, int]]
     return runs
 
 
-def _switches_from_epochs(run_dir: Path) -> int | None:
+def switches_from_epochs(run_dir: str | Path) -> int | None:
     """The switch count of the last epoch record (exact, unlike counting phase changes in the steps)."""
-    path = Path(run_dir) / "epochs.jsonl"
-    if not path.is_file():
-        return None
-    switches = None
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("switches") is not None:
-            switches = int(record["switches"])
-    return switches
+    counts = [int(r["switches"]) for r in read_jsonl(Path(run_dir) / EPOCHS_FILE) if r.get("switches") is not None]
+    return counts[-1] if counts else None
 
 
 def plot_phases(records: Sequence[dict[str, Any]], path: str | Path, *, augmentor: str = "",

@@ -11,8 +11,10 @@ Layout of ``RUN/``::
     checkpoints/best.pt    full training state at the best validation accuracy
     summary.json           final metrics
     log.txt                the run's log lines
+    augmentors/            HARD's augmentor pool (hardctl.augment.pool.POOL_DIR)
 
-Every file is replaced atomically (temp file + rename), so an interrupted run leaves the previous
+The names are spelled once, in :mod:`hardctl.runfiles` (re-exported here). The JSON-lines logs are read
+by :func:`read_jsonl` wherever they are read (``--resume``, ``visualize``). Every file is replaced atomically (temp file + rename), so an interrupted run leaves the previous
 version intact. The teacher is never written: a checkpoint holds what the run trains, nothing else.
 """
 
@@ -30,12 +32,14 @@ import numpy as np
 import torch
 
 from hardctl.atomic import atomic_path
-from hardctl.config import CONFIG_FILE, atomic_write_bytes
+from hardctl.config import atomic_write_bytes
 from hardctl.errors import CheckpointError, UsageError
+from hardctl.runfiles import (BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, EPOCHS_FILE, LAST_CHECKPOINT,
+                              LAST_MODEL_FILE, LOG_FILE, MODEL_FILE, STEPS_FILE, SUMMARY_FILE)
 
-MODEL_FILE = "model.safetensors"
-LAST_MODEL_FILE = "last.safetensors"
-CHECKPOINT_DIR = "checkpoints"
+__all__ = ["BEST_CHECKPOINT", "CHECKPOINT_DIR", "CONFIG_FILE", "EPOCHS_FILE", "LAST_CHECKPOINT", "LAST_MODEL_FILE",
+           "LOG_FILE", "MODEL_FILE", "STEPS_FILE", "SUMMARY_FILE", "JsonlLog", "RunLog", "load_checkpoint",
+           "prepare_run_dir", "read_jsonl", "rng_state", "save_checkpoint", "set_rng_state"]
 
 
 def prepare_run_dir(out: Path, *, resume: bool = False, force: bool = False) -> Path:
@@ -48,8 +52,8 @@ def prepare_run_dir(out: Path, *, resume: bool = False, force: bool = False) -> 
     if resume:
         if not (out / CONFIG_FILE).is_file():
             raise UsageError(f"cannot resume: {out} is not a hardctl run directory (no {CONFIG_FILE})")
-        if not (out / CHECKPOINT_DIR / "last.pt").is_file():
-            raise UsageError(f"cannot resume: {out} has no {CHECKPOINT_DIR}/last.pt yet", hint="start it again with --force")
+        if not (out / LAST_CHECKPOINT).is_file():
+            raise UsageError(f"cannot resume: {out} has no {LAST_CHECKPOINT} yet", hint="start it again with --force")
         _check_writable(out)
         return out
     if out.exists() and not out.is_dir():
@@ -80,6 +84,31 @@ def _check_writable(folder: Path) -> None:
         raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}", hint="pick a writable --out") from None
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log (``[]`` if there is no file), in order.
+
+    A run killed while appending leaves its last line torn: that line is dropped, as nothing after it was
+    written. Any other line that is not a JSON object means the file was damaged otherwise, a
+    :class:`~hardctl.errors.CheckpointError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif index < len(lines) - 1:
+            raise CheckpointError(f"cannot read {path}: line {number} is not a JSON object",
+                                  hint="the file is damaged; start the run again with --force")
+    return records
+
+
 class JsonlLog:
     """Append-only JSON-lines log that can be cut back to a step when a run resumes."""
 
@@ -91,12 +120,13 @@ class JsonlLog:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)
 
     def truncate_after(self, key: str, value: int) -> None:
-        """Drop records whose ``key`` exceeds ``value`` (written after the checkpoint we resume from)."""
+        """Drop records whose ``key`` exceeds ``value`` (written after the checkpoint we resume from).
+
+        The file is rewritten whole, so a torn last line (see :func:`read_jsonl`) goes too and the
+        resumed run appends after a complete line."""
         kept = [r for r in self.read() if r.get(key, 0) <= value]
         atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
 

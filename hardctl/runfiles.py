@@ -1,0 +1,21 @@
+"""The names of the files in a run directory: the one place that spells them.
+
+A leaf module (it imports nothing), so that everything that reads or writes a run directory can use
+these names, from :mod:`hardctl.config` (``config.toml``) and :mod:`hardctl.models` (a run directory
+loads as its ``model.safetensors``) up to the trainer, ``export``, ``visualize`` and recipes, without
+importing torch or pointing an import upwards. What each file holds: :mod:`hardctl.distill.rundir`.
+"""
+
+CONFIG_FILE = "config.toml"  # the resolved RunConfig, read back by --resume
+STEPS_FILE = "steps.jsonl"  # one JSON object per optimisation step
+EPOCHS_FILE = "epochs.jsonl"  # one JSON object per epoch
+MODEL_FILE = "model.safetensors"  # the best-validation weights: what a run directory loads as
+LAST_MODEL_FILE = "last.safetensors"  # the weights after the last finished epoch
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"  # full training state for --resume
+BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"  # full training state at the best validation accuracy
+SUMMARY_FILE = "summary.json"  # final metrics: its presence marks a finished run
+LOG_FILE = "log.txt"  # the run's log lines
+
+__all__ = ["BEST_CHECKPOINT", "CHECKPOINT_DIR", "CONFIG_FILE", "EPOCHS_FILE", "LAST_CHECKPOINT", "LAST_MODEL_FILE",
+           "LOG_FILE", "MODEL_FILE", "STEPS_FILE", "SUMMARY_FILE"]
