@@ -23,8 +23,7 @@ else:  # pragma: no cover
 
 from hardctl.atomic import atomic_path
 from hardctl.errors import UsageError, did_you_mean
-
-CONFIG_FILE = "config.toml"
+from hardctl.runfiles import CONFIG_FILE
 
 # RunConfig field -> HardDefaults field, for the HARD settings an augmentor gives defaults for.
 HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patience", "lambda_s": "lambda_s",

@@ -20,6 +20,7 @@ else:  # pragma: no cover
 from hardctl.atomic import atomic_path
 from hardctl.config import RunConfig
 from hardctl.errors import HardctlError
+from hardctl.runfiles import LAST_CHECKPOINT, SUMMARY_FILE
 from hardctl.recipes.spec import IGNORED_FOR_REUSE, RESOLVED_RECIPE, RESULTS_JSON, RESULTS_MD, Arm, Recipe
 
 # ---------------------------------------------------------------------------------------------- running
@@ -49,7 +50,7 @@ def saved_config_matches(run_dir: Path, cfg: RunConfig) -> bool:
 
 def _summary(run_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((run_dir / "summary.json").read_text())
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return None
 
@@ -58,7 +59,7 @@ def _resumable(run_dir: Path, epochs: int) -> bool:
     """Whether ``run_dir`` has a readable last checkpoint with epochs still to train."""
     from hardctl.distill import rundir
 
-    last = run_dir / rundir.CHECKPOINT_DIR / "last.pt"
+    last = run_dir / LAST_CHECKPOINT
     if not last.is_file():
         return False
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hardctl.errors import DataError, HardctlError, UsageError
+from hardctl.runfiles import SUMMARY_FILE
 from hardctl.recipes.results import (PlannedRun, _resumable, _summary, collect, format_delta, format_mean_sem,
                                      markdown, mean_sem, reproduce_command, saved_config_matches, shift_label,
                                      write_results)
@@ -90,7 +91,7 @@ def _plan(recipe: Recipe, arm_ids: list[str], seeds: list[int], out_dir: Path) -
 
 def _reusable(p: PlannedRun, reuse: bool) -> bool:
     return (reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
-            and (p.run_dir / "summary.json").is_file() and _summary(p.run_dir) is not None)
+            and (p.run_dir / SUMMARY_FILE).is_file() and _summary(p.run_dir) is not None)
 
 
 def _check_data(plan: list[PlannedRun], reuse: bool) -> None:
@@ -192,7 +193,7 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
             continue
         tag = f"[{number}/{len(plan)}] {p.arm.label} ({p.arm.id}), seed {p.seed}"
         deps = [p.run_dir.parent.parent / ref / f"seed-{p.seed}" for ref in p.arm.refs]
-        summary_file = p.run_dir / "summary.json"
+        summary_file = p.run_dir / SUMMARY_FILE
         matches = reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
         newest_dep = max((done_at.get(d, 0.0) for d in deps), default=0.0)
         if matches and summary_file.is_file() and summary_file.stat().st_mtime >= newest_dep and _summary(p.run_dir):
