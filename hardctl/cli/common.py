@@ -2,6 +2,10 @@
 
 Defaults come from :class:`~hardctl.config.RunConfig` so that the CLI, the library and the resolved
 ``config.toml`` cannot disagree.
+
+Nothing here may import torch at module level (nor may any ``hardctl.cli`` module): ``--help`` of every
+command is built from these declarations, and importing torch would cost it seconds
+(``tests/test_cli_startup.py`` checks). Library code that needs torch is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from hardctl.config import RunConfig
-from hardctl.distill.losses import KD_FORMULA
 from hardctl.errors import UsageError
 
 D = RunConfig()  # the defaults
+# The loss hardctl.distill.losses computes, as --temperature's help states it (kept here, not there:
+# importing the losses module would import torch just to print help).
+KD_FORMULA = "T²·KL(softmax(t/T) ‖ softmax(s/T)), batch mean; total = kd_weight·KD + ce_weight·CE(s, y)"
 DATA, TRAIN, MODEL, KD, RUN, OUTPUT = "Data", "Optimisation", "Models", "Distillation loss", "Run", "Output"
 HARD = "HARD (learned augmentations)"
 BASELINE_AUG = "Baseline augmentation"
@@ -140,7 +146,7 @@ def default_out(command: str, model: str) -> Path:
 def start_run(ctx: typer.Context, cfg: RunConfig) -> dict[str, Any]:
     """Resolve ``--resume``/``--out``, run the trainer and print its summary."""
     from hardctl.distill.progress import reporter_for
-    from hardctl.distill.trainer import run
+    from hardctl.distill.run import run
 
     out, resume, force = ctx.params["out"], ctx.params["resume"], ctx.params["force"]
     if resume is not None:

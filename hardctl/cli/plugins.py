@@ -16,14 +16,17 @@ from hardctl.cli.common import Json
 
 
 def version_report() -> str:
-    import timm
+    # torch is imported for its CUDA check; timm only for its version, read from its metadata instead
+    # (importing timm imports torchvision too and would double the time --version takes).
+    from importlib.metadata import version
+
     import torch
 
     cuda = f"available ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "not available"
     infos = plugin_registry.manager.plugin_infos()
     loaded = ", ".join(f"{i.name} ({i.distribution or '?'} {i.version or ''})".replace(" )", ")")
                        for i in infos if i.status == "loaded") or "none"
-    return "\n".join([f"hardctl {hardctl.__version__}", f"torch {torch.__version__}", f"timm {timm.__version__}",
+    return "\n".join([f"hardctl {hardctl.__version__}", f"torch {torch.__version__}", f"timm {version('timm')}",
                       f"CUDA {cuda}", f"plugins: {loaded}"])
 
 
