@@ -4,9 +4,9 @@ Three kinds of step, with the same CNN teacher (``hard_mnist_cnn``), MLP student
 batch size and 28×28 images:
 
 * ``kd``: a plain KD step, :meth:`hardctl.distill.trainer.Trainer.step` (``--augmentor none``);
-* ``student``: a HARD student-phase step, :meth:`HardTrainer.student_step` (KD on a batch augmented by a
+* ``student``: a HARD student-phase step, :meth:`Trainer.student_step` with a pool entry (KD on a batch augmented by a
   pool entry, plus the switching statistic);
-* ``augmentor``: a HARD augmentor-phase step, :meth:`HardTrainer.augmentor_step` (augment, teacher and
+* ``augmentor``: a HARD augmentor-phase step, :meth:`Trainer.augmentor_step` (augment, teacher and
   student forward with gradients to the augmentor, teacher on the clean batch, backward, Adam). It draws
   its own batch (``--aug-batch-size`` images) from the training set, as in a run.
 
@@ -44,10 +44,10 @@ import torch
 from hardctl.config import RunConfig
 from hardctl.data import load_data
 from hardctl.data.formats import FASHION_MNIST_DIR
-from hardctl.distill.hard import HardTrainer
 from hardctl.distill.phases import AUGMENTOR, STUDENT
 from hardctl.distill.progress import Reporter
-from hardctl.distill.trainer import Trainer, build
+from hardctl.distill.build import build
+from hardctl.distill.trainer import Trainer
 from hardctl.errors import HardctlError
 from hardctl.models import create_model, save_model
 
@@ -70,7 +70,7 @@ def random_teacher(data_spec: str, folder: Path) -> Path:
     return save_model(model, info, folder / "teacher.safetensors", extra={"note": "random init, benchmark only"})
 
 
-def make_trainers(args, teacher: Path, run_root: Path) -> tuple[Trainer, HardTrainer]:
+def make_trainers(args, teacher: Path, run_root: Path) -> tuple[Trainer, Trainer]:
     cfg = RunConfig(command="distill", data=args.data, model="hard_mnist_mlp", teacher=str(teacher),
                     epochs=1000, batch_size=args.batch_size, device=args.device, amp=args.amp, seed=0,
                     augmentor=args.augmentor, aug_batch_size=args.aug_batch_size,
@@ -79,10 +79,10 @@ def make_trainers(args, teacher: Path, run_root: Path) -> tuple[Trainer, HardTra
     cfg = cfg.validate().resolve_hard()
     parts = build(cfg)
     quiet = Reporter()
-    hard = HardTrainer(parts, run_root / "hard", reporter=quiet)
+    hard = Trainer(parts, run_root / "hard", reporter=quiet)
     kd_cfg = replace(cfg, augmentor="none")
     kd = Trainer(replace(parts, cfg=kd_cfg, augmentor=None), run_root / "kd", reporter=quiet)
-    hard.save_to_pool("identity")  # what fit() does first: the pool holds the identity augmentor
+    hard.start_run()  # what fit() does first: the pool holds the identity augmentor
     return kd, hard
 
 
@@ -115,26 +115,29 @@ def measure(args) -> dict:
                 sync(device)
                 start = time.perf_counter()
                 with torch.no_grad():
-                    hard.pool.augment(0, images)
+                    hard.hard.pool.augment(0, images)
                 sync(device)
                 return time.perf_counter() - start
             if kind == "aug-batch":
                 start = time.perf_counter()
-                hard.next_aug_batch()
+                hard.prepare_batch(*hard.hard.draw_batch(hard.parts.data.train))
                 sync(device)
                 return time.perf_counter() - start
             if kind == "augmentor":
-                hard.switch.force(AUGMENTOR, hard.iteration)
+                hard.hard.switch.force(AUGMENTOR, hard.iteration)
                 sync(device)
                 start = time.perf_counter()
                 hard.augmentor_step()
             else:
                 images, labels = next_batch()
                 if kind == "student":
-                    hard.switch.force(STUDENT, hard.iteration)
+                    hard.hard.switch.force(STUDENT, hard.iteration)
                 sync(device)
                 start = time.perf_counter()
-                (kd.step if kind == "kd" else hard.student_step)(images, labels)
+                if kind == "kd":
+                    kd.student_step(*kd.prepare_batch(images, labels))
+                else:
+                    hard.student_step(*hard.prepare_batch(images, labels), entry=hard.hard.pool.sample())
             sync(device)
             return time.perf_counter() - start
 

@@ -42,7 +42,7 @@ def _slug(text: str) -> str:
 def default_teacher(data: str, *, shift_px: int | None = None, say=None) -> Path:
     """The run directory of the default teacher for ``data``, training it first if the cache lacks it."""
     from hardctl.distill.progress import reporter_for
-    from hardctl.distill.trainer import run
+    from hardctl.distill.run import run
 
     say = say or (lambda message: print(message, file=sys.stderr))
     spec = DEFAULT_TEACHER

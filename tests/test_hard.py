@@ -12,10 +12,11 @@ from hardctl import hookimpl, plugins
 from hardctl.augment import Augmentor, HardDefaults, Option, build_augmentor
 from hardctl.augment.pool import pool_files, read_entry
 from hardctl.config import RunConfig
-from hardctl.distill.hard import HardTrainer
-from hardctl.distill.losses import kd_divergence
+from hardctl.distill.build import build
+from hardctl.distill.losses import hard_objective, kd_divergence
 from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
-from hardctl.distill.trainer import build, run
+from hardctl.distill.run import run
+from hardctl.distill.trainer import Trainer
 from hardctl.errors import TrainingError, UsageError
 
 SMALL = dict(data="digits", model="mnist_mlp", epochs=1, batch_size=64, lr=5e-3)
@@ -45,10 +46,10 @@ def test_switching_rule_follows_the_thresholds_for_k_consecutive_iterations():
         PhaseSwitch(l_min=0.5, l_max=0.5, patience=1)
 
 
-def _trainer(tmp_path, teacher, **overrides) -> HardTrainer:
+def _trainer(tmp_path, teacher, **overrides) -> Trainer:
     cfg = RunConfig(command="distill", teacher=str(teacher), **{**SMALL, **overrides}).validate().resolve_hard()
     (tmp_path / "run").mkdir(exist_ok=True)
-    return HardTrainer(build(cfg), tmp_path / "run")
+    return Trainer(build(cfg), tmp_path / "run")
 
 
 def test_scripted_errors_give_the_exact_phase_sequence_and_pool_growth(tmp_path, digits_teacher, monkeypatch):
@@ -58,16 +59,17 @@ def test_scripted_errors_give_the_exact_phase_sequence_and_pool_growth(tmp_path,
                    0.3, 0.05, 0.05,  # student steps 3-5 -> augmentor
                    0.7, 0.7,  # augmentor -> student
                    0.4])  # student step 6
-    monkeypatch.setattr(trainer, "error", lambda *args: next(script))
-    trainer.save_to_pool("identity")
-    images, labels = next(iter(trainer.loader))
+    monkeypatch.setattr(trainer.hard, "error", lambda *args: next(script))
+    trainer.start_run()  # the identity entry
+    images, labels = trainer.prepare_batch(*next(iter(trainer.loader)))
     for _ in range(6):
-        trainer.step(images, labels)
+        trainer.train_batch(images, labels)
     records = read(tmp_path / "run" / "steps.jsonl")  # only augmentor steps log themselves here
     assert [r["pool_size"] for r in records] == [1, 1, 1, 2, 2, 3]
-    assert trainer.switch.history == [(2, AUGMENTOR), (6, STUDENT), (9, AUGMENTOR), (11, STUDENT)]
-    assert trainer.step_count == 6 and trainer.aug_steps == 6 and trainer.iteration == 12
-    assert [info["reason"] for info in trainer.pool.info] == ["identity", "switch", "switch"]
+    hard = trainer.hard
+    assert hard.switch.history == [(2, AUGMENTOR), (6, STUDENT), (9, AUGMENTOR), (11, STUDENT)]
+    assert trainer.step_count == 6 and hard.steps == 6 and trainer.iteration == 12
+    assert [info["reason"] for info in hard.pool.info] == ["identity", "switch", "switch"]
     files = pool_files(tmp_path / "run")
     assert len(files) == 3
     snapshot, info = read_entry(files[1])
@@ -77,7 +79,7 @@ def test_scripted_errors_give_the_exact_phase_sequence_and_pool_growth(tmp_path,
 def test_one_augmentor_step_raises_the_student_teacher_loss(tmp_path, digits_teacher):
     trainer = _trainer(tmp_path, digits_teacher, lambda_t=0.0, aug_lr=1e-3, aug_batch_size=256,
                        aug_options={"sigma_init": 0.05})
-    aug, task = trainer.augmentor, trainer.task
+    aug, task = trainer.hard.augmentor, trainer.task
     student_before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     trainer.student.eval()
 
@@ -86,9 +88,9 @@ def test_one_augmentor_step_raises_the_student_teacher_loss(tmp_path, digits_tea
         x = aug(images)
         return float(kd_divergence(trainer.student(task.student_normalize(x)), task.teacher_logits(x), 5.0).detach())
 
-    gen_state = trainer.aug_batches.get_state()
-    images, _ = trainer.next_aug_batch()
-    trainer.aug_batches.set_state(gen_state)  # the step sees the same batch
+    gen_state = trainer.hard.batches.get_state()
+    images, _ = trainer.prepare_batch(*trainer.hard.draw_batch(trainer.parts.data.train))
+    trainer.hard.batches.set_state(gen_state)  # the step sees the same batch
     before = l_st(images)
     params_before = [p.detach().clone() for p in aug.parameters()]
     torch.manual_seed(1)
@@ -151,7 +153,7 @@ def test_affine_identity_leaves_images_and_composition_chains_parts():
     affine = build_augmentor("affine", {"sigma_init": "1e-8"}, in_chans=1, img_size=(16, 16))
     assert torch.allclose(affine(x), x, atol=1e-4)
     theta = torch.tensor([[1.0, 0.0, 0.5, 0.0, 1.0, 0.0]]).view(1, 2, 3)  # half a width: 4 px on 16
-    shifted = affine.apply(x[:1], {"theta": theta})
+    shifted = affine.apply_transform(x[:1], {"theta": theta})
     assert torch.allclose(shifted[0, 0, :, :12], x[0, 0, :, 4:], atol=1e-5)  # content moved 4 px left
     combo = build_augmentor("noise+affine", {"noise.sigma_init": "1e-8", "affine.sigma_init": 1e-8},
                             in_chans=1, img_size=(16, 16))
@@ -196,7 +198,7 @@ class _Blend(Augmentor):
         self.logit = nn.Parameter(torch.tensor(float(alpha)).logit())
         self.image = nn.Parameter(torch.full((in_chans, *img_size), 0.5))
 
-    def apply(self, x, params):
+    def apply_transform(self, x, params):
         weight = torch.sigmoid(self.logit)
         return ((1 - weight) * x + weight * self.image.clamp(0, 1)).clamp(0, 1)
 
@@ -226,17 +228,20 @@ def test_augmentor_without_teacher_term_trains_jointly_with_the_student(tmp_path
 
 
 def test_non_finite_augmentor_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path, digits_teacher, monkeypatch):
-    import hardctl.distill.hard as hard
+    import hardctl.distill.trainer as trainer_module
 
     poison = {"on": False}
-    original, original_end = hard.kd_divergence, HardTrainer.end_epoch
+    original_end = Trainer.end_epoch
 
     def end_epoch(self, record):  # from epoch 2 on, the augmentor's loss is NaN
         original_end(self, record)
         poison["on"] = True
 
-    monkeypatch.setattr(hard, "kd_divergence", lambda a, b, t: original(a, b, t) * (float("nan") if poison["on"] else 1))
-    monkeypatch.setattr(HardTrainer, "end_epoch", end_epoch)
+    def objective(l_st, l_tt, **weights):
+        return hard_objective(l_st, l_tt, **weights) * (float("nan") if poison["on"] else 1)
+
+    monkeypatch.setattr(trainer_module, "hard_objective", objective)
+    monkeypatch.setattr(Trainer, "end_epoch", end_epoch)
     cfg = RunConfig(command="distill", teacher=str(digits_teacher), l_min=0.9, l_max=0.95, switch_patience=1,
                     max_aug_steps=2, **{**SMALL, "epochs": 2})
     with pytest.raises(TrainingError, match=r"the augmentor's loss became nan at epoch 2.*last.pt is intact"):

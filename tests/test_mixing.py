@@ -153,7 +153,8 @@ def test_soft_target_cross_entropy_equals_the_hand_computation_with_label_smooth
 
 # ------------------------------------------------------------------ wiring
 def test_the_kd_teacher_sees_the_mixed_batch_and_the_loss_gets_soft_targets(tmp_path, digits_teacher):
-    from hardctl.distill.trainer import Trainer, build
+    from hardctl.distill.build import build
+    from hardctl.distill.trainer import Trainer
 
     cfg = RunConfig(command="distill", teacher=str(digits_teacher), model="mnist_mlp", augmentor="none",
                     mixup=1.0, cutmix=1.0, ce_weight=0.5, label_smoothing=0.1, batch_size=32)
@@ -172,7 +173,7 @@ def test_the_kd_teacher_sees_the_mixed_batch_and_the_loss_gets_soft_targets(tmp_
         torch.manual_seed(seed)
         expected = BatchMix(10, mixup=1.0, cutmix=1.0)(images, labels)
         assert torch.equal(mixed, expected[0]) and torch.equal(targets, expected[1]) and targets.shape == (32, 10)
-        metrics = trainer.step(mixed, targets)
+        metrics = trainer.student_step(mixed, targets)
         assert torch.equal(seen["teacher"][-1], task.teacher_normalize(mixed))  # the teacher sees the mixed batch
         assert torch.equal(seen["student"][-1], task.student_normalize(mixed))
         assert not torch.equal(seen["teacher"][-1], task.teacher_normalize(images))
@@ -180,19 +181,19 @@ def test_the_kd_teacher_sees_the_mixed_batch_and_the_loss_gets_soft_targets(tmp_
 
 
 def test_hard_augmentor_batches_are_mixed_too(tmp_path, digits_teacher):
-    from hardctl.distill.hard import HardTrainer
-    from hardctl.distill.trainer import build
+    from hardctl.distill.build import build
+    from hardctl.distill.trainer import Trainer
 
     cfg = RunConfig(command="distill", teacher=str(digits_teacher), model="mnist_mlp", augmentor="affine",
                     mixup=0.2, switch_on="labels", aug_batch_size=16).validate().resolve_hard()
     (tmp_path / "run").mkdir()
-    trainer = HardTrainer(build(cfg), tmp_path / "run")
-    trainer.save_to_pool("identity")  # what fit() starts with
-    images, targets = trainer.next_aug_batch()
+    trainer = Trainer(build(cfg), tmp_path / "run")
+    trainer.start_run()  # the pool starts with the identity entry
+    images, targets = trainer.prepare_batch(*trainer.hard.draw_batch(trainer.parts.data.train))
     assert images.shape == (16, 1, 16, 16) and targets.shape == (16, 10)
     assert torch.allclose(targets.sum(1), torch.ones(16)) and bool((targets.max(1).values < 1).any())
     trainer.augmentor_step()  # the switching error against soft labels uses their argmax
-    metrics = trainer.student_step(*trainer.prepare_batch(*next(iter(trainer.loader))))
+    metrics = trainer.student_step(*trainer.prepare_batch(*next(iter(trainer.loader))), entry=0)
     assert 0 <= metrics["train_acc"] <= 100 and 0 <= metrics["aug_error"] <= 1
 
 
@@ -230,7 +231,7 @@ def test_hard_distill_with_mixup_runs(cli, tmp_path, digits_teacher):
 
 
 def test_a_resumed_run_mixes_and_augments_as_one_never_stopped(tmp_path):
-    from hardctl.distill.trainer import run
+    from hardctl.distill.run import run
 
     cfg = RunConfig(command="train", model="mnist_mlp", epochs=2, batch_size=128, mixup=1.0, cutmix=1.0,
                     augment="shift+trivialaugment", random_erasing=0.25)

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from hardctl.config import RunConfig
 from hardctl.distill import rundir
 from hardctl.distill.schedules import DECAY, IMPROVED, STOP, WAIT, PlateauSchedule, lr_lambda, make_optimizer
-from hardctl.distill.trainer import Trainer, run
+from hardctl.distill.run import run
+from hardctl.distill.trainer import Trainer
 from hardctl.errors import UsageError
 from conftest import InterruptAt
 
@@ -101,17 +102,6 @@ def test_plateau_state_survives_a_weights_only_checkpoint(tmp_path):
 def test_plateau_schedule_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PlateauSchedule(one_param_optimizer(), **kwargs)
-
-
-def test_cosine_lr_lambda_is_still_importable_from_the_trainer():
-    from hardctl.distill.trainer import lr_lambda as from_trainer
-
-    assert from_trainer is lr_lambda
-    assert lr_lambda(0, warmup_steps=2, total_steps=10, min_ratio=0.0) == 0.5
-    assert lr_lambda(10, warmup_steps=2, total_steps=10, min_ratio=0.1) == pytest.approx(0.1)
-
-
-# --- optimisers --------------------------------------------------------------------------------------------------
 
 
 def test_lion_steps_by_the_sign_of_its_interpolated_momentum():
@@ -250,7 +240,7 @@ def test_resume_restores_the_plateau_state(tmp_path, scripted_val):
 
 
 def test_hard_distillation_stops_early_too(cli, tmp_path, scripted_val):
-    """HardTrainer's end_epoch and fit go through Trainer's: the plateau stop ends a HARD run as well."""
+    """HARD runs through the one Trainer loop: the plateau stop ends a HARD run as well."""
     from hardctl.models import create_model
 
     teacher, _ = create_model("mnist_cnn", num_classes=10, in_chans=1, img_size=16)

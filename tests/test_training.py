@@ -12,7 +12,8 @@ from safetensors import safe_open
 from hardctl.config import RunConfig
 from hardctl.distill import rundir
 from hardctl.distill.tasks import SupervisedTask
-from hardctl.distill.trainer import lr_lambda, run
+from hardctl.distill.run import run
+from hardctl.distill.schedules import lr_lambda
 from hardctl.errors import TrainingError, UsageError
 from conftest import InterruptAt
 
@@ -111,20 +112,21 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_paths_train_and_only_fp16_scales(tmp_path, amp):
-    from hardctl.distill.trainer import Trainer, build
+    from hardctl.distill.build import build
+    from hardctl.distill.trainer import Trainer
 
     parts = build(RunConfig(command="train", **{**TINY, "epochs": 1, "amp": amp}))
     trainer = Trainer(parts, tmp_path)
     assert trainer.amp == amp and trainer.scaler.is_enabled() == (amp == "fp16")
     images, labels = next(iter(trainer.loader))
-    metrics = trainer.step(images, labels)
+    metrics = trainer.student_step(*trainer.prepare_batch(images, labels))
     assert math.isfinite(metrics["loss"]) and trainer.step_count == 1
 
 
 def test_teacher_with_other_statistics_gets_renormalised_input(tmp_path, digits_teacher):
     import dataclasses
 
-    from hardctl.distill.trainer import build
+    from hardctl.distill.build import build
     from hardctl.models import load_model, save_model
 
     teacher, info = load_model(str(digits_teacher))

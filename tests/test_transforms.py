@@ -225,7 +225,7 @@ def test_wrong_image_shape_is_a_data_error():
 
 def test_a_run_with_augment_trains_and_records_it(tmp_path):
     from hardctl.config import RunConfig
-    from hardctl.distill.trainer import run
+    from hardctl.distill.run import run
 
     summary = run(RunConfig(model="mnist_mlp", epochs=1, batch_size=64, augment="shift"), tmp_path / "shift")
     assert 0 <= summary["student"]["shifted_acc"] <= 100

@@ -42,6 +42,16 @@ def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
 
 
+def hard_objective(l_st: torch.Tensor, l_tt: torch.Tensor, *, lambda_s: float, lambda_t: float) -> torch.Tensor:
+    """What HARD's augmentor maximises (paper section 4): ``λ_s·L_st − λ_t·L_tt``.
+
+    ``L_st = D[f_s(x̃), f_t(x̃)]`` (the student disagrees with the teacher on the augmented image) and
+    ``L_tt = D[f_t(x̃), f_t(x)]`` (the teacher no longer sees the same image), ``D`` being
+    :func:`kd_divergence`. The engine's augmentor steps and the toy example both use this one function.
+    """
+    return lambda_s * l_st - lambda_t * l_tt
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -57,7 +67,7 @@ def kd_loss(
     ``labels``: class indices or soft targets; ``label_smoothing`` applies to the CE term only.
     """
     kd = kd_divergence(student_logits, teacher_logits, temperature)
-    parts = {"kd": kd.detach()}
+    parts = {"kd": kd}  # attached: HARD's augmentor ascends it (callers detach what they log)
     loss = kd_weight * kd
     if ce_weight:
         if labels is None:

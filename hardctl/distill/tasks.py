@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hardctl.distill.losses import kd_loss, soft_cross_entropy
+from hardctl.distill.losses import kd_divergence, kd_loss, soft_cross_entropy
 from hardctl.models import InputNormalize, ModelInfo
 
 
@@ -70,7 +70,22 @@ class DistillTask(nn.Module):
         return kd_loss(student_logits, teacher_logits, labels, temperature=self.temperature,
                        kd_weight=self.kd_weight, ce_weight=self.ce_weight, label_smoothing=self.label_smoothing)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        # the teacher sees the very batch the student sees (mixed, when --mixup/--cutmix are on)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, *,
+                input_grad: bool = False) -> dict[str, torch.Tensor]:
+        """The KD objective on ``images``: ``{"loss", "kd", ["ce"], "logits", "teacher_logits"}``.
+
+        The teacher sees the very batch the student sees (mixed, when --mixup/--cutmix are on; augmented,
+        in HARD). ``input_grad``: gradients reach ``images`` through the teacher as well (its parameters
+        stay frozen), which HARD's augmentor needs; otherwise the teacher runs without autograd.
+        """
         logits = self.student(self.student_normalize(images))
-        return {**self.loss(logits, self.teacher_logits(images), labels), "logits": logits}
+        if input_grad:
+            teacher_logits = self.teacher(self.teacher_normalize(images))
+        else:
+            teacher_logits = self.teacher_logits(images)
+        return {**self.loss(logits, teacher_logits, labels), "logits": logits, "teacher_logits": teacher_logits}
+
+    def invariance(self, teacher_logits: torch.Tensor, clean_images: torch.Tensor) -> torch.Tensor:
+        """HARD's teacher–teacher term ``L_tt = D[f_t(x̃), f_t(x)]``: how far the teacher's view of the
+        augmented batch (``teacher_logits``) moved from its view of the clean one (a constant target)."""
+        return kd_divergence(teacher_logits, self.teacher_logits(clean_images), self.temperature)

@@ -1,120 +1,43 @@
-"""One trainer for ``hardctl train`` and ``hardctl distill``.
+"""One trainer for ``hardctl train`` and ``hardctl distill``, with HARD's loop in plain sight.
 
-:func:`build` turns a :class:`~hardctl.config.RunConfig` into models, data, task and optimiser;
-:class:`Trainer` runs the loop. The step itself (``Trainer.step``) fits on one screen: forward under
-autocast, finite-loss check, (scaled) backward, optimiser and scheduler step.
+:meth:`Trainer.fit` is the whole loop on one screen: epoch → batch → (HARD) augmentor phase → student
+step → phase switch → pool. The steps it calls are below it: :meth:`Trainer.student_step` (supervised,
+KD, or KD on a pool augmentation), :meth:`Trainer.augmentor_step` (ascend ``λ_s·L_st − λ_t·L_tt``, see
+:func:`hardctl.distill.losses.hard_objective`) and :meth:`Trainer.joint_step` (HARD-Mix). Every step is a
+call of the task (:mod:`hardctl.distill.tasks`), so the KD objective is written once. HARD's state lives
+in :class:`hardctl.distill.hard.Hard`; wiring is :mod:`hardctl.distill.build`, the run entry point
+:mod:`hardctl.distill.run`.
 """
 
 from __future__ import annotations
 
 import time
-from functools import partial
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from safetensors.torch import load_file
 from safetensors.torch import load_model as load_weights
+from torch import nn
 from torch.utils.data import DataLoader
 
-from hardctl.config import RunConfig, atomic_write_json
-from hardctl.data import DataBundle, load_data
-from hardctl.data.mixing import hard_labels
+from hardctl.augment.pool import POOL_DIR
 from hardctl.distill import rundir
+from hardctl.distill.build import Components
+from hardctl.distill.hard import JOINT, GradReverse, Hard
+from hardctl.distill.losses import hard_objective
+from hardctl.distill.phases import AUGMENTOR, STUDENT
 from hardctl.distill.progress import Reporter
 from hardctl.distill.sampling import DistInfo, EpochSampler
 from hardctl.distill.schedules import DECAY, STOP, PlateauSchedule, lr_lambda, make_optimizer
-from hardctl.distill.tasks import DistillTask, SupervisedTask
+from hardctl.distill.tasks import DistillTask
+from hardctl.device import autocast_for
 from hardctl.errors import TrainingError, UsageError
-from hardctl.eval import accuracy, autocast_for
-from hardctl.models import ModelInfo, describe, load_for_data, save_model
+from hardctl.eval import accuracy
+from hardctl.eval.metrics import top1_accuracy
+from hardctl.models import save_model
 
-
-def select_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available", hint="use --device cpu")
-    return device
-
-
-def select_amp(requested: str, device: torch.device) -> str:
-    """``auto`` is bf16 on a CUDA device that supports it and off elsewhere (CPU autocast is slow)."""
-    if requested != "auto":
-        return requested
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "off"
-
-
-@dataclass
-class Components:
-    """Everything :func:`build` makes from a config."""
-
-    cfg: RunConfig
-    data: DataBundle
-    task: nn.Module
-    student_info: ModelInfo
-    teacher_info: ModelInfo | None
-    device: torch.device
-    amp: str
-    notes: list[str] = field(default_factory=list)
-    augmentor: nn.Module | None = None  # HARD's learned augmentor (distill with --augmentor)
-    mixer: Any = None  # --mixup/--cutmix: (images, labels) -> (mixed images, soft targets), per training batch
-
-
-def build(cfg: RunConfig) -> Components:
-    """Load data and models for ``cfg`` and wire them into a task. Raises on incompatible inputs."""
-    cfg.validate()
-    device = select_device(cfg.device)
-    data = load_data(cfg.data, shift_px=cfg.shift_px, shift_seed=cfg.shift_seed, seed=cfg.seed)
-    # Baseline augmentations: per image (--augment, --random-erasing), then per batch (--mixup/--cutmix, in
-    # Trainer.prepare_batch); HARD's augmentor comes on top.
-    aug_notes = []
-    if cfg.augment != "none" or cfg.random_erasing > 0:
-        from hardctl.data.transforms import augmented_train
-
-        data.train = augmented_train(data.train, cfg.augment, in_chans=data.in_chans, img_size=data.img_size,
-                                     shift_px=data.info["shift_px"], seed=cfg.seed, random_erasing=cfg.random_erasing)
-        aug_notes.append(f"per-image augmentation: {getattr(data.train, 'name', cfg.augment)}")
-    from hardctl.data.mixing import build_mixer
-
-    mixer = build_mixer(data.num_classes, mixup=cfg.mixup, cutmix=cfg.cutmix, switch_prob=cfg.mix_switch_prob)
-    if mixer is not None:
-        aug_notes.append(f"batch mixing: {mixer!r} (soft targets)")
-    sample = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)
-    load = partial(load_for_data, data=data.spec, num_classes=data.num_classes, in_chans=data.in_chans,
-                   img_size=data.img_size, sample=sample)
-    torch.manual_seed(cfg.seed)  # the student's initialisation is part of the run's seed
-    role = "model" if cfg.command == "train" else "student"
-    student, student_info = load(role, cfg.model, pretrained=cfg.pretrained and cfg.command == "train")
-    notes = [f"{role}: {describe(student_info)}", *aug_notes]
-    teacher_info = None
-    if cfg.command == "train":
-        task: nn.Module = SupervisedTask(student, student_info, label_smoothing=cfg.label_smoothing)
-    else:
-        teacher, teacher_info = load("teacher", cfg.teacher, pretrained=cfg.pretrained, require_trained=True)
-        notes.append(f"teacher: {describe(teacher_info)}")
-        if (teacher_info.mean, teacher_info.std) != (student_info.mean, student_info.std):
-            notes.append(
-                f"inputs are re-normalised for the teacher: mean {teacher_info.mean} std {teacher_info.std} "
-                f"(student: mean {student_info.mean} std {student_info.std})"
-            )
-        task = DistillTask(student, student_info, teacher, teacher_info, temperature=cfg.temperature,
-                           kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight, label_smoothing=cfg.label_smoothing)
-    augmentor = None
-    if cfg.uses_hard:
-        from hardctl.augment import build_augmentor
-
-        augmentor = build_augmentor(cfg.augmentor, cfg.aug_options, in_chans=data.in_chans,
-                                    img_size=data.img_size).to(device)
-        notes.append(f"augmentor: {cfg.augmentor} {cfg.aug_options}")
-    task.to(device)
-    return Components(cfg, data, task, student_info, teacher_info, device, select_amp(cfg.amp, device), notes,
-                      augmentor, mixer)
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -157,11 +80,77 @@ class Trainer:
         self.epoch, self.step_count, self.best_val = 0, 0, -1.0
         self.iteration = 0  # every optimisation step (HARD adds augmentor steps between the student's)
         main = self.dist.is_main
-        self.steps_log = rundir.JsonlLog(self.run_dir / "steps.jsonl") if main else None
-        self.epochs_log = rundir.JsonlLog(self.run_dir / "epochs.jsonl") if main else None
-        self.log = rundir.RunLog(self.run_dir / "log.txt" if main else None, self.reporter.log if main else None)
+        self.steps_log = rundir.JsonlLog(self.run_dir / rundir.STEPS_FILE) if main else None
+        self.epochs_log = rundir.JsonlLog(self.run_dir / rundir.EPOCHS_FILE) if main else None
+        self.log = rundir.RunLog(self.run_dir / rundir.LOG_FILE if main else None, self.reporter.log if main else None)
+        self.hard = None  # HARD's augmentor, switch and pool (distill with --augmentor)
+        if parts.augmentor is not None:
+            self.hard = Hard(parts.augmentor, self.cfg, device=self.device, amp=self.amp,
+                             pool_dir=self.run_dir / POOL_DIR if main else None)
 
-    # ------------------------------------------------------------------ the step
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or the plateau schedule's stop) and return the run's summary."""
+        self.start_run()
+        for epoch in range(self.epoch, self.cfg.epochs):
+            self.start_epoch(epoch)
+            started, totals = time.perf_counter(), EpochTotals()
+            for images, labels in self.loader:
+                record = self.train_batch(*self.prepare_batch(images, labels))
+                record = {"iter": self.iteration, "step": self.step_count, "epoch": epoch + 1,
+                          "lr": self.scheduler.get_last_lr()[0], **record}
+                totals.add(record)
+                self.log_step(record)
+            self.end_epoch(totals.record(epoch + 1, self.step_count, self.scheduler.get_last_lr()[0],
+                                         self.evaluate(self.parts.data.val), time.perf_counter() - started))
+            if self.stopped_early is not None:  # the plateau schedule ran out of decays
+                break
+        return self.finish()
+
+    def train_batch(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """What one batch of the epoch does: a student step, and in HARD the augmentor around it."""
+        hard = self.hard
+        if hard is None:  # supervised training, or plain KD
+            return self.student_step(images, labels)
+        if hard.joint:  # HARD-Mix: augmentor and student in one backward pass
+            with hard.timed(JOINT):
+                return self.joint_step(images, labels)
+        if hard.in_augmentor_phase:  # until the student's error stays above l_max (or the step cap) ...
+            with hard.timed(AUGMENTOR):
+                self.augmentor_phase()  # ... which ends by adding the augmentor to the pool
+        with hard.timed(STUDENT):  # KD on the batch as a random pool entry augments it
+            record = self.student_step(images, labels, entry=hard.pool.sample())
+        if hard.switch.update(record["aug_error"], self.iteration):  # below l_min for k iterations
+            hard.phase_steps = 0
+            self.log(f"iteration {self.iteration}: student error {record['aug_error']:.3f} below l_min "
+                     f"{self.cfg.l_min} for {self.cfg.switch_patience} iterations -> augmentor phase")
+        return record
+
+    def augmentor_phase(self) -> None:
+        """Augmentor steps until the student's error stays above ``l_max`` (or ``--max-aug-steps``), then the
+        augmentor joins the pool and the student phase begins."""
+        hard, cfg = self.hard, self.cfg
+        while True:
+            record = self.augmentor_step()
+            error = record["aug_error"]
+            if hard.switch.update(error, self.iteration):
+                reason = "switch"
+                message = (f"student error {error:.3f} above l_max {cfg.l_max} for {cfg.switch_patience} "
+                           f"iterations -> student phase")
+            elif hard.phase_steps >= cfg.max_aug_steps:
+                hard.switch.force(STUDENT, self.iteration)
+                reason = "step cap"
+                message = (f"augmentor phase reached --max-aug-steps {cfg.max_aug_steps} (student error "
+                           f"{error:.3f} < l_max {cfg.l_max}) -> student phase")
+            else:
+                self.log_step(record, progress=False)
+                continue
+            hard.save(reason, iteration=self.iteration, step=self.step_count, epoch=self.epoch + 1)
+            self.log_step({**record, "pool_size": len(hard.pool)}, progress=False)
+            self.log(f"iteration {self.iteration}: {message} (pool {len(hard.pool)})")
+            return
+
+    # ------------------------------------------------------------------ the steps
     def prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch on the device, MixUp/CutMix-ed when configured (labels then soft targets B×K).
 
@@ -172,16 +161,62 @@ class Trainer:
             images, labels = self.parts.mixer(images, labels)
         return images, labels
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch from :meth:`prepare_batch` (on the device, mixed if configured)."""
+    def student_step(self, images: torch.Tensor, labels: torch.Tensor, *, entry: int | None = None) -> dict[str, Any]:
+        """One optimisation step of the student on a prepared batch; in HARD, on the batch as pool entry
+        ``entry`` augments it (``L_st``, no gradients to the augmentor)."""
+        if entry is not None:
+            images = self.hard.augment(entry, images)
         with autocast_for(self.device, self.amp):
             out = self.task(images, labels)
-        loss = out["loss"]
-        self.check_finite(loss)
-        self.optimise(loss)
-        hits = (out["logits"].detach().argmax(-1) == hard_labels(labels)).float().mean()
-        metrics = {k: float(v.detach()) for k, v in out.items() if k != "logits"}
-        return {**metrics, "train_acc": 100.0 * float(hits)}
+        self.check_finite(out["loss"])
+        self.optimise(out["loss"])
+        train_acc = top1_accuracy(out["logits"], labels)
+        if entry is None:
+            metrics = {k: float(v.detach()) for k, v in out.items() if k not in ("logits", "teacher_logits")}
+            return {**metrics, "train_acc": train_acc}
+        return {"loss": float(out["loss"].detach()), "l_st": float(out["kd"].detach()),
+                "aug_error": self.hard.error(out["logits"], out["teacher_logits"], labels), "pool_entry": entry,
+                "pool_size": len(self.hard.pool), "train_acc": train_acc, "phase": STUDENT}
+
+    def augmentor_step(self) -> dict[str, Any]:
+        """One augmentor step on its own batch: ascend ``λ_s·L_st − λ_t·L_tt``, student and teacher frozen.
+        Returns its step record, with the switching statistic ``aug_error``."""
+        hard, cfg = self.hard, self.cfg
+        images, labels = self.prepare_batch(*hard.draw_batch(self.parts.data.train))  # mixed like the student's
+        self.student.eval()  # dropout/batch-norm must not react to the augmentor's batches
+        with autocast_for(self.device, self.amp):
+            augmented = hard.augmentor(images)
+            hard.check(images, augmented)
+            out = self.task(augmented, labels, input_grad=True)  # gradients reach x̃ through both models
+            # the invariance term needs the teacher on the clean batch too: skipped when λ_t = 0
+            l_tt = self.task.invariance(out["teacher_logits"], images) if cfg.lambda_t else torch.zeros(())
+        self.student.train()
+        loss = -hard_objective(out["kd"], l_tt.to(out["kd"].device), lambda_s=cfg.lambda_s, lambda_t=cfg.lambda_t)
+        self.check_finite(loss, "the augmentor's loss")
+        hard.optimizer.zero_grad(set_to_none=True)
+        hard.scaler.scale(loss).backward(inputs=hard.params)  # no gradients for student or teacher
+        hard.scaler.step(hard.optimizer)
+        hard.scaler.update()
+        self.iteration += 1
+        hard.steps += 1
+        hard.phase_steps += 1
+        return {"iter": self.iteration, "step": self.step_count, "epoch": self.epoch + 1, "phase": AUGMENTOR,
+                "loss": float(loss.detach()), "l_st": float(out["kd"].detach()), "l_tt": float(l_tt.detach()),
+                "aug_error": hard.error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool)}
+
+    def joint_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """Augmentor and student in one step (no teacher–teacher term, HARD-Mix): the student descends
+        ``L_st``, the augmentor ascends ``λ_s·L_st`` through a gradient reversal on ``x̃``."""
+        hard = self.hard
+        with autocast_for(self.device, self.amp):
+            augmented = hard.augmentor(images)
+            hard.check(images, augmented)
+            out = self.task(GradReverse.apply(augmented, float(self.cfg.lambda_s)), labels, input_grad=True)
+        self.check_finite(out["loss"])
+        self.optimise(out["loss"], hard.optimizer)  # one scaler for the one backward pass
+        return {"loss": float(out["loss"].detach()), "l_st": float(out["kd"].detach()),
+                "aug_error": hard.error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
+                "train_acc": top1_accuracy(out["logits"], labels), "phase": JOINT}
 
     def optimise(self, loss: torch.Tensor, *also: torch.optim.Optimizer) -> None:
         """One (scaled) backward and step of the student's optimiser and schedule, and of ``also``'s optimisers."""
@@ -196,11 +231,31 @@ class Trainer:
         self.step_count += 1
         self.iteration += 1
 
+    # ------------------------------------------------------------------ bookkeeping
+    def start_run(self) -> None:
+        for note in self.parts.notes:
+            self.log(note)
+        self.log(f"device {self.device}, amp {self.amp}, {len(self.parts.data.train)} train / "
+                 f"{len(self.parts.data.val)} val images, {len(self.loader)} steps per epoch")
+        if self.hard is not None:
+            if not len(self.hard.pool):  # entry 0: the identity-initialised augmentor
+                self.hard.save("start" if self.hard.joint else "identity", iteration=self.iteration,
+                               step=self.step_count, epoch=self.epoch + 1)
+            self.log(self.hard.describe())
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.parts.data.train, "set_epoch"):  # per-image augmentation seeds: resumable per epoch
+            self.parts.data.train.set_epoch(epoch)
+        self.task.train()
+        self.reporter.start_epoch(epoch + 1, self.cfg.epochs, len(self.loader))
+
     def check_finite(self, loss: torch.Tensor, what: str = "the loss") -> None:
         """Stop the run on a NaN/inf loss, before it reaches the weights; the last checkpoint stays good."""
         if torch.isfinite(loss):
             return
-        last = self.run_dir / rundir.CHECKPOINT_DIR / "last.pt"
+        last = self.run_dir / rundir.LAST_CHECKPOINT
         kept = f"; the last good checkpoint {last} is intact" if last.is_file() else ""
         raise TrainingError(
             f"{what} became {loss.item()} at epoch {self.epoch + 1}, step {self.step_count + 1}{kept}",
@@ -213,38 +268,6 @@ class Trainer:
         if progress:
             self.reporter.step(record)
 
-    # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
-        for note in self.parts.notes:
-            self.log(note)
-        self.log(f"device {self.device}, amp {self.amp}, {len(self.parts.data.train)} train / "
-                 f"{len(self.parts.data.val)} val images, {len(self.loader)} steps per epoch")
-        for epoch in range(self.epoch, self.cfg.epochs):
-            self.epoch = epoch
-            self.sampler.set_epoch(epoch)
-            if hasattr(self.parts.data.train, "set_epoch"):  # per-image augmentation seeds: resumable per epoch
-                self.parts.data.train.set_epoch(epoch)
-            self.task.train()
-            self.reporter.start_epoch(epoch + 1, self.cfg.epochs, len(self.loader))
-            started, sums, count = time.perf_counter(), {}, 0
-            for images, labels in self.loader:
-                metrics = self.step(*self.prepare_batch(images, labels))
-                count += 1
-                for key, value in metrics.items():
-                    if isinstance(value, float):  # averaged into the epoch record (not indices or labels)
-                        sums[key] = sums.get(key, 0.0) + value
-                record = {"iter": self.iteration, "step": self.step_count, "epoch": epoch + 1,
-                          "lr": self.scheduler.get_last_lr()[0], **metrics}
-                self.log_step(record)
-            val = self.evaluate(self.parts.data.val)
-            record = {"epoch": epoch + 1, "step": self.step_count, "val_acc": val["acc"], "val_loss": val["loss"],
-                      "lr": self.scheduler.get_last_lr()[0], "time_s": round(time.perf_counter() - started, 3),
-                      **{f"train_{k}" if not k.startswith("train_") else k: v / max(1, count) for k, v in sums.items()}}
-            self.end_epoch(record)
-            if self.stopped_early is not None:  # the plateau schedule ran out of decays
-                break
-        return self.finish()
-
     def evaluate(self, dataset, model: nn.Module | None = None, normalize: nn.Module | None = None) -> dict[str, float]:
         model = model if model is not None else self.student
         normalize = normalize if normalize is not None else self.task.student_normalize
@@ -252,6 +275,11 @@ class Trainer:
                         batch_size=max(256, self.cfg.batch_size), amp=self.amp)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
+        """Validation bookkeeping, the plateau schedule, weights and the checkpoint of a finished epoch."""
+        if self.hard is not None:
+            if self.hard.joint:  # joint training has no switches: keep one snapshot per epoch for visualize
+                self.hard.save("epoch", iteration=self.iteration, step=self.step_count, epoch=self.epoch + 1)
+            record.update(self.hard.stats(self.iteration))
         improved = record["val_acc"] > self.best_val
         if improved:
             self.best_val = record["val_acc"]
@@ -276,9 +304,9 @@ class Trainer:
         if self.dist.is_main:
             state = self.state_dict()
             if improved:
-                rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "best.pt", state)
+                rundir.save_checkpoint(self.run_dir / rundir.BEST_CHECKPOINT, state)
             # last.pt goes last: once it names an epoch, everything that epoch wrote is on disk.
-            rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "last.pt", state)
+            rundir.save_checkpoint(self.run_dir / rundir.LAST_CHECKPOINT, state)
         self.reporter.end_epoch(record)
         self.log(f"epoch {record['epoch']}/{self.cfg.epochs}: loss {record['train_loss']:.4f} "
                  f"val acc {record['val_acc']:.2f}% (best {self.best_val:.2f}%) in {record['time_s']:.1f}s")
@@ -308,11 +336,12 @@ class Trainer:
             "iteration": self.iteration,
             "best_val": self.best_val,
             "rng": rundir.rng_state(),
+            **(self.hard.state_dict() if self.hard is not None else {}),
         }
 
     def resume(self) -> dict[str, Any]:
         """Continue from ``checkpoints/last.pt``: weights, optimiser, schedule, scaler, RNG and logs."""
-        state = rundir.load_checkpoint(self.run_dir / rundir.CHECKPOINT_DIR / "last.pt")
+        state = rundir.load_checkpoint(self.run_dir / rundir.LAST_CHECKPOINT)
         if state["epoch"] >= self.cfg.epochs:
             raise UsageError(f"{self.run_dir} has already finished its {self.cfg.epochs} epochs",
                              hint="start a new run with --out")
@@ -327,15 +356,17 @@ class Trainer:
         self.epoch, self.step_count, self.best_val = state["epoch"], state["step"], state["best_val"]
         self.iteration = state.get("iteration", self.step_count)
         rundir.set_rng_state(state["rng"])
+        if self.hard is not None:
+            self.hard.load_state_dict(state, self.run_dir, self.device)
         if self.dist.is_main:  # forget what an interrupted epoch logged after the checkpoint
             self.steps_log.truncate_after("iter", self.iteration)
             self.epochs_log.truncate_after("epoch", self.epoch)
         self.log(f"resuming after epoch {self.epoch} (step {self.step_count}, best val acc {self.best_val:.2f}%)")
         return state
 
-    # ------------------------------------------------------------------ the end
     def finish(self) -> dict[str, Any]:
-        """Score the best weights (and the teacher) on the centered and shifted test sets."""
+        """Score the best weights (and the teacher) on the centered and shifted test sets: the run's summary
+        (written by :func:`hardctl.distill.run.run`, together with the figures)."""
         data = self.parts.data
         best = self.run_dir / rundir.MODEL_FILE
         if best.is_file():
@@ -360,33 +391,32 @@ class Trainer:
             summary["teacher"] = {"spec": self.cfg.teacher, "arch": self.parts.teacher_info.arch,
                                   "test_acc": self.evaluate(data.test, teacher, norm)["acc"],
                                   "shifted_acc": self.evaluate(data.shifted_test, teacher, norm)["acc"]}
-        if self.dist.is_main:
-            atomic_write_json(self.run_dir / "summary.json", summary)
+        if self.hard is not None:
+            stats = self.hard.stats(self.iteration)
+            summary["hard"] = {**self.hard.summary(self.iteration, self.step_count),
+                               "pool_dir": str(self.run_dir / POOL_DIR)}
+            self.log(f"HARD: {stats['switches']} switches, pool of {stats['pool_size']}, "
+                     f"{100 * stats['aug_fraction']:.1f}% of iterations in augmentor phases")
         self.log(f"done: test acc {summary['student']['test_acc']:.2f}%, shifted {summary['student']['shifted_acc']:.2f}%")
         return summary
 
 
-def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
-        reporter: Reporter | None = None) -> dict[str, Any]:
-    """Build, train and summarise one run in ``out`` (the library entry point behind the CLI)."""
-    cfg = cfg.validate().resolve_hard()
-    out = Path(out).expanduser()
-    created = not out.exists()
-    run_dir = rundir.prepare_run_dir(out, resume=resume, force=force)
-    try:
-        trainer_cls = Trainer
-        if cfg.uses_hard:
-            from hardctl.distill.hard import HardTrainer as trainer_cls
-        trainer = trainer_cls(build(cfg), run_dir, reporter=reporter)
-    except BaseException:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that never started leaves nothing behind
-        raise
-    if resume:
-        trainer.resume()
-    else:
-        cfg.save(run_dir)
-    return trainer.fit()
+class EpochTotals:
+    """Sums of an epoch's per-step numbers, for the epoch record (``train_loss``, ``train_acc``, ...)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        for key, value in record.items():
+            if isinstance(value, float) and key != "lr":  # averaged: losses, accuracies (not indices or labels)
+                self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def record(self, epoch: int, step: int, lr: float, val: dict[str, float], seconds: float) -> dict[str, Any]:
+        means = {(k if k.startswith("train_") else f"train_{k}"): v / max(1, self.count) for k, v in self.sums.items()}
+        return {"epoch": epoch, "step": step, "val_acc": val["acc"], "val_loss": val["loss"], "lr": lr,
+                "time_s": round(seconds, 3), **means}
 
 
-__all__ = ["Components", "Trainer", "build", "run", "select_device", "select_amp", "lr_lambda"]

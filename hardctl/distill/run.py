@@ -1,0 +1,56 @@
+"""The library's entry point for one training run: ``run(cfg, out)`` behind ``hardctl train``/``distill``.
+
+It owns the order of a run's side effects: the run directory is checked (or made) first, then everything
+that can fail on bad input is built, then the config is written and the trainer runs; at the end the
+figures are drawn and ``summary.json`` is written last, so a summary on disk means a finished run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hardctl.config import atomic_write_json
+from hardctl.config import RunConfig
+from hardctl.distill import rundir
+from hardctl.distill.build import build
+from hardctl.distill.progress import Reporter
+from hardctl.distill.trainer import Trainer
+
+__all__ = ["run"]
+
+
+def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
+        reporter: Reporter | None = None) -> dict[str, Any]:
+    """Build, train and summarise one run in ``out``; returns the summary."""
+    cfg = cfg.validate().resolve_hard()
+    out = Path(out).expanduser()
+    created = not out.exists()
+    run_dir = rundir.prepare_run_dir(out, resume=resume, force=force)
+    try:
+        trainer = Trainer(build(cfg), run_dir, reporter=reporter)
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that never started leaves nothing behind
+        raise
+    if resume:
+        trainer.resume()
+    else:
+        cfg.save(run_dir)
+    summary = trainer.fit()
+    if trainer.dist.is_main:
+        if "hard" in summary:
+            summary["hard"]["figures"] = draw_figures(trainer)
+        atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
+    return summary
+
+
+def draw_figures(trainer: Trainer) -> dict[str, str]:
+    """The augmentation grid and the phase plot of a HARD run; a figure never costs the user a finished run."""
+    from hardctl.visualize import render  # matplotlib and PIL only when there is something to draw
+
+    try:
+        return {k: str(v) for k, v in render(trainer.run_dir, data=trainer.parts.data).items()}
+    except Exception as exc:
+        trainer.log(f"could not draw the augmentation grid: {type(exc).__name__}: {exc}")
+        return {}
