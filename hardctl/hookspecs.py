@@ -4,7 +4,13 @@ Each hook receives a ``register`` callable and calls it once per thing it contri
 never touch hardctl's registries directly (the pattern of simonw/llm). Hooks fire once, lazily, the
 first time a command needs the registry in question (see :mod:`hardctl.plugins`). The built-in data
 sets, evaluation suites and augmentors are registered through these same hooks by the
-``hardctl_builtins`` package, found through the same ``hardctl`` entry-point group as any plugin.
+``hardctl_builtins`` package, found through the same ``hardctl`` entry-point group as any plugin; they
+register first, so a plugin cannot replace a built-in name (the clash is a warning naming both plugins).
+
+``register(name, obj, help="", **meta)`` accepts, besides ``help``, exactly the keywords listed below for
+its hook (the fields of :class:`hardctl.plugins.DatasetEntry`, :class:`~hardctl.plugins.AugmentorEntry`,
+:class:`~hardctl.plugins.SuiteEntry`); any other keyword is ignored with a warning naming the plugin, and
+``HARDCTL_STRICT_PLUGINS=1`` makes it an error.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ def register_datasets(register):
     Fires when a data spec is first parsed. Call ``register(name, builder, help=..., needs_arg=...)``
     where ``builder(arg: str | None) -> hardctl.data.ImageDatasets`` returns the
     train/test tensors of the set. ``needs_arg`` says whether ``NAME:ARG`` must carry an argument
-    (usually a folder). Returns nothing.
+    (usually a folder; ``True`` or ``False``, default ``False``). Returns nothing.
     """
 
 
@@ -32,10 +38,12 @@ def register_augmentors(register):
 
     Fires when an augmentor is first looked up. Call ``register(name, factory, help=...)`` where
     ``factory(*, in_chans, img_size, **options) -> hardctl.augment.Augmentor`` builds a batched,
-    differentiable image-to-image module (pixels in ``[0, 1]`` in and out, same shape). The factory's
-    ``options``, ``teacher_term`` and ``hard_defaults`` attributes (see :mod:`hardctl.augment.base`)
-    declare its options, whether HARD trains it in phases or jointly, and its HARD defaults; pass them
-    as keyword arguments to ``register`` to override. Returns nothing.
+    differentiable image-to-image module (pixels in ``[0, 1]`` in and out, same shape; anything but an
+    ``Augmentor`` instance is refused when it is built). The factory's ``options``, ``teacher_term`` and
+    ``hard_defaults`` attributes (see :mod:`hardctl.augment.base`) declare its options, whether HARD trains
+    it in phases or jointly, and its HARD defaults; the keywords ``options=``, ``teacher_term=`` and
+    ``hard_defaults=`` override them, and the registration is what HARD uses (the built module carries it
+    as ``augmentor.teacher_term``). Returns nothing.
     """
 
 
@@ -43,9 +51,11 @@ def register_augmentors(register):
 def register_eval_suites(register):
     """Register evaluation suites usable as ``hardctl eval --suite NAME``.
 
-    Fires when ``hardctl eval`` first needs a suite. Call ``register(name, suite, help=...)`` where
-    ``suite(data_spec: str, **options) -> list[hardctl.eval.EvalSet]`` lists the labelled test sets
-    the suite scores. Returns nothing.
+    Fires when ``hardctl eval`` first needs a suite. Call ``register(name, suite, help=..., sources=...)``
+    where ``suite(data_spec: str, **options) -> list[hardctl.eval.EvalSet]`` lists the labelled test sets
+    the suite scores. ``sources`` (a sequence of :class:`hardctl.eval.sources.Source`, default empty) names
+    the release folders it reads under ``--data-root``; a suite without them reads ``--data``. Returns
+    nothing.
     """
 
 

@@ -5,10 +5,17 @@ registry is read), one plugin at a time, and isolated: a plugin that fails to im
 raises, costs a one-line warning on stderr and nothing else. ``HARDCTL_STRICT_PLUGINS=1`` re-raises
 instead (for plugin authors and CI); ``HARDCTL_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or
 distribution name.
+
+The built-in plugins (the ``hardctl_builtins`` modules of the ``hardctl`` distribution) register first,
+so a name they define is theirs whatever order site-packages lists entry points in; a plugin that
+registers the same name again is refused with a warning naming both. Each registry keeps typed entries
+(:class:`DatasetEntry`, :class:`AugmentorEntry`, :class:`SuiteEntry`, :class:`Entry` for recipes), and
+:func:`provenance` says which plugin, distribution and version supplied a registered name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata as md
 import os
@@ -24,10 +31,12 @@ from hardctl.errors import UsageError, did_you_mean
 STRICT_ENV = "HARDCTL_STRICT_PLUGINS"
 DISABLE_ENV = "HARDCTL_DISABLE_PLUGINS"
 ENTRY_POINT_GROUP = "hardctl"
+BUILTIN_DISTRIBUTION = "hardctl"  # the built-ins ship inside hardctl's own distribution ...
+BUILTIN_PACKAGE = "hardctl_builtins"  # ... as modules of this package
 
 
 class PluginWarning(UserWarning):
-    """A plugin could not be loaded or one of its hooks failed."""
+    """A plugin could not be loaded, one of its hooks failed, or it registered something refused."""
 
 
 @dataclass
@@ -41,6 +50,7 @@ class PluginInfo:
     status: str = "loaded"  # loaded | failed | disabled
     error: str | None = None
     registered: dict[str, list[str]] = field(default_factory=dict)
+    builtin: bool = False  # registers before every other plugin; its names cannot be taken
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +64,10 @@ class PluginInfo:
         }
 
 
-@dataclass
+# -- typed registry entries ---------------------------------------------------------------------------
+# ``register(name, obj, help=..., **meta)`` accepts exactly the extra fields of its registry's entry
+# class; an unknown keyword is a plugin-named warning (an error in strict mode) instead of a silent no-op.
+@dataclass(frozen=True)
 class Entry:
     """One registered thing: its name, the object itself, a help line and who registered it."""
 
@@ -62,16 +75,68 @@ class Entry:
     obj: Any
     help: str = ""
     plugin: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetEntry(Entry):
+    """A ``--data NAME[:ARG]`` format; ``needs_arg``: ``NAME`` alone is refused (it reads a folder)."""
+
+    needs_arg: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.needs_arg, bool):
+            raise TypeError(f"needs_arg must be True or False, got {self.needs_arg!r}")
+
+
+@dataclass(frozen=True)
+class SuiteEntry(Entry):
+    """An evaluation suite; ``sources`` (:class:`hardctl.eval.sources.Source`): the release folders it
+    reads under ``--data-root`` (empty: it reads the ``--data`` spec instead)."""
+
+    sources: tuple = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
+
+
+@dataclass(frozen=True)
+class AugmentorEntry(Entry):
+    """An augmentor factory and what HARD needs to know about it.
+
+    Each field left out of the ``register`` call is read from the factory's class attribute of the same
+    name (:class:`hardctl.augment.Augmentor` declares them), so the entry, not the module, is the one
+    place the engine reads them from: ``register(..., teacher_term=False)`` overrides the class.
+    ``hard_defaults`` stays ``None`` when neither gives one (then the engine's defaults apply).
+    """
+
+    options: tuple | None = None
+    teacher_term: bool | None = None
+    hard_defaults: Any = None
+
+    def __post_init__(self) -> None:
+        options = self.options if self.options is not None else getattr(self.obj, "options", ())
+        teacher_term = self.teacher_term if self.teacher_term is not None else getattr(self.obj, "teacher_term", True)
+        if not isinstance(teacher_term, bool):
+            raise TypeError(f"teacher_term must be True or False, got {teacher_term!r}")
+        object.__setattr__(self, "options", tuple(options))
+        object.__setattr__(self, "teacher_term", teacher_term)
+        if self.hard_defaults is None:
+            object.__setattr__(self, "hard_defaults", getattr(self.obj, "hard_defaults", None))
+
+
+def metadata_fields(entry_type: type[Entry]) -> list[str]:
+    """The keyword metadata ``register`` accepts for entries of ``entry_type``."""
+    return [f.name for f in dataclasses.fields(entry_type) if f.name not in ("name", "obj", "help", "plugin")]
 
 
 class Registry:
-    """Name -> :class:`Entry`, filled by one hook of every plugin on first access."""
+    """Name -> typed entry, filled by one hook of every plugin on first access."""
 
-    def __init__(self, kind: str, hook_name: str, noun: str):
-        self.kind = kind  # "datasets", "augmentors", "eval_suites"
+    def __init__(self, kind: str, hook_name: str, noun: str, entry_type: type[Entry] = Entry):
+        self.kind = kind  # "datasets", "augmentors", "eval_suites", "recipes"
         self.hook_name = hook_name
         self.noun = noun  # used in error messages: "data set", "augmentor"
+        self.entry_type = entry_type
         self._entries: dict[str, Entry] | None = None
 
     def _fill(self) -> dict[str, Entry]:
@@ -81,13 +146,20 @@ class Registry:
         return self._entries
 
     def add(self, entry: Entry) -> bool:
-        """Add ``entry`` unless its name is taken (then warn); returns whether it was added."""
+        """Add ``entry`` unless its name is taken (then warn); returns whether it was added.
+
+        Built-ins register first (see :meth:`PluginManager.call_register_hook`), so the entry kept on a
+        clash is the built-in one whenever a built-in is involved, and otherwise the first plugin's.
+        """
         entries = self._entries if self._entries is not None else {}
         if entry.name in entries:
-            _warn_or_raise(
-                f"{self.noun} {entry.name!r} from plugin {entry.plugin!r} clashes with the one from "
-                f"{entries[entry.name].plugin!r}; keeping the first"
-            )
+            kept = entries[entry.name]
+            if manager.is_builtin(kept.plugin):
+                whose, keeping = "the built-in one", "the built-in"
+            else:
+                whose, keeping = "the one", "the first"
+            _warn_or_raise(f"{self.noun} {entry.name!r} from plugin {entry.plugin!r} clashes with {whose} "
+                           f"from {kept.plugin!r}; keeping {keeping}")
             return False
         entries[entry.name] = entry
         self._entries = entries
@@ -132,6 +204,13 @@ def _warn_or_raise(message: str, exc: BaseException | None = None) -> None:
     warnings.warn(message, PluginWarning, stacklevel=3)
 
 
+def _is_builtin_entry_point(ep: md.EntryPoint, distribution: str | None) -> bool:
+    """A ``hardctl_builtins`` module of hardctl's own distribution (another distribution cannot claim to
+    be built in by naming its entry point ``builtin_...`` or its module ``hardctl_builtins...``)."""
+    in_package = ep.value.split(":")[0].split(".")[0] == BUILTIN_PACKAGE
+    return in_package and distribution in (BUILTIN_DISTRIBUTION, None)
+
+
 class PluginManager:
     """pluggy's manager plus lazy, isolated entry-point loading and per-plugin bookkeeping."""
 
@@ -142,23 +221,24 @@ class PluginManager:
         self._loaded = False
 
     def load(self) -> None:
-        """Import every plugin of the ``hardctl`` entry-point group once."""
+        """Import every plugin of the ``hardctl`` entry-point group once, the built-ins first."""
         if self._loaded:
             return
         self._loaded = True
         blocked = _disabled()
         seen: set[str] = set()
+        found = []
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(ep, "dist", None)
+            distribution = dist.metadata["Name"] if dist is not None else None
+            found.append((not _is_builtin_entry_point(ep, distribution), ep, dist, distribution))
+        found.sort(key=lambda item: item[0])  # stable: built-ins first, the rest in entry-point order
+        for not_builtin, ep, dist, distribution in found:
             if ep.name in seen:  # the same dist on sys.path twice (editable + site) lists it twice
                 continue
             seen.add(ep.name)
-            dist = getattr(ep, "dist", None)
-            info = PluginInfo(
-                name=ep.name,
-                module=ep.value,
-                distribution=dist.metadata["Name"] if dist is not None else None,
-                version=dist.version if dist is not None else None,
-            )
+            info = PluginInfo(name=ep.name, module=ep.value, distribution=distribution,
+                              version=dist.version if dist is not None else None, builtin=not not_builtin)
             self.infos[ep.name] = info
             if ep.name in blocked or (info.distribution and info.distribution in blocked):
                 info.status = "disabled"
@@ -171,10 +251,13 @@ class PluginManager:
                 _warn_or_raise(f"plugin {ep.name!r} failed to load: {info.error}", exc)
 
     def register(self, plugin: object, name: str) -> None:
-        """Register an in-process plugin object (tests, notebooks); registries are refilled."""
+        """Register an in-process plugin object (tests, notebooks); registries are refilled.
+
+        Its version is the object's ``__version__`` if it has one (a module usually does)."""
         self.load()
         self.pm.register(plugin, name=name)
-        self.infos[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)))
+        self.infos[name] = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)),
+                                      version=getattr(plugin, "__version__", None))
         for registry in REGISTRIES.values():
             registry.reset()
 
@@ -184,13 +267,21 @@ class PluginManager:
         for registry in REGISTRIES.values():
             registry.reset()
 
+    def is_builtin(self, plugin_name: str) -> bool:
+        info = self.infos.get(plugin_name)
+        return info is not None and info.builtin
+
     def call_register_hook(self, registry: Registry) -> None:
-        """Call ``registry``'s hook plugin by plugin so that each registration knows its author."""
+        """Call ``registry``'s hook plugin by plugin so that each registration knows its author.
+
+        Built-ins are called first and the others in registration order: on a name clash the built-in,
+        or else the earlier plugin, wins."""
         self.load()
         for info in self.infos.values():  # a refill (after register/unregister) starts from scratch
             info.registered.pop(registry.kind, None)
         hook = getattr(self.pm.hook, registry.hook_name)
-        for impl in hook.get_hookimpls():  # registration order: on a name clash the earlier plugin wins
+        impls = sorted(hook.get_hookimpls(), key=lambda impl: not self.is_builtin(impl.plugin_name))
+        for impl in impls:
             plugin_name = impl.plugin_name
             info = self.infos.get(plugin_name)
             register = self._register_for(registry, plugin_name, info)
@@ -207,10 +298,18 @@ class PluginManager:
     @staticmethod
     def _register_for(registry: Registry, plugin_name: str, info: PluginInfo | None):
         """The ``register`` callable handed to one plugin: it records who registered what."""
+        accepted = metadata_fields(registry.entry_type)
 
         def register(name: str, obj: Any, help: str = "", **meta: Any) -> None:
-            added = registry.add(Entry(name=name, obj=obj, help=help, plugin=plugin_name, meta=meta))
-            if added and info is not None:
+            unknown = sorted(set(meta) - set(accepted))
+            if unknown:  # a typo (needs_args=) would otherwise be dropped without a word
+                _warn_or_raise(
+                    f"plugin {plugin_name!r} registered {registry.noun} {name!r} with unknown keyword "
+                    f"{', '.join(unknown)} (ignored; {registry.kind} accept: {', '.join(accepted) or 'none'})"
+                )
+                meta = {k: v for k, v in meta.items() if k in accepted}
+            entry = registry.entry_type(name=name, obj=obj, help=help, plugin=plugin_name, **meta)
+            if registry.add(entry) and info is not None:
                 info.registered.setdefault(registry.kind, []).append(name)
 
         return register
@@ -225,11 +324,24 @@ class PluginManager:
 
 manager = PluginManager()
 
-datasets = Registry("datasets", "register_datasets", "data set")
-augmentors = Registry("augmentors", "register_augmentors", "augmentor")
-eval_suites = Registry("eval_suites", "register_eval_suites", "evaluation suite")
-recipes = Registry("recipes", "register_recipes", "recipe")
+datasets = Registry("datasets", "register_datasets", "data set", DatasetEntry)
+augmentors = Registry("augmentors", "register_augmentors", "augmentor", AugmentorEntry)
+eval_suites = Registry("eval_suites", "register_eval_suites", "evaluation suite", SuiteEntry)
+recipes = Registry("recipes", "register_recipes", "recipe", Entry)
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (datasets, augmentors, eval_suites, recipes)}
+
+
+def provenance(kind: str, name: str) -> dict[str, str | None]:
+    """Who supplied ``name`` in the registry ``kind`` (``"datasets"``, ``"augmentors"``, ``"eval_suites"``,
+    ``"recipes"``): ``{"name", "plugin", "distribution", "version"}``, what a run records about each data set
+    and augmentor part. ``distribution`` is ``None`` for an in-process plugin, ``version`` its ``__version__``
+    if it has one. An unknown ``name`` is the registry's usual UsageError (did-you-mean, installed list)."""
+    if kind not in REGISTRIES:
+        raise ValueError(f"unknown registry {kind!r}; one of {', '.join(REGISTRIES)}")
+    entry = REGISTRIES[kind].get(name)
+    info = manager.infos.get(entry.plugin)
+    return {"name": entry.name, "plugin": entry.plugin, "distribution": info.distribution if info else None,
+            "version": info.version if info else None}
 
 
 def reload() -> None:

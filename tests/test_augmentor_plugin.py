@@ -106,14 +106,14 @@ class _Shrink(Augmentor):
         super().__init__(in_chans=in_chans, img_size=img_size)
         self.weight = torch.nn.Parameter(torch.ones(()))
 
-    def apply(self, x, params):
+    def apply_transform(self, x, params):
         return torch.nn.functional.avg_pool2d(x * self.weight, 2)
 
 
 class _Overexpose(_Shrink):
     """Breaks the contract: pixels up to 3.0 (forgot to clamp)."""
 
-    def apply(self, x, params):
+    def apply_transform(self, x, params):
         return 3.0 * x * self.weight
 
 
@@ -141,7 +141,7 @@ def test_brightness_starts_at_the_identity_keeps_the_contract_and_is_differentia
     aug = build_augmentor("brightness", {"per_channel": "true", "gain_sigma_init": "0.3"}, in_chans=3,
                           img_size=(12, 12))
     assert isinstance(aug, inprocess_plugins.BrightnessAugmentor) and aug.gain_mean.shape == (3,)
-    identity = aug.apply(x, {"gain": torch.ones(8, 3, 1, 1), "bias": torch.zeros(8, 3, 1, 1)})
+    identity = aug.apply_transform(x, {"gain": torch.ones(8, 3, 1, 1), "bias": torch.zeros(8, 3, 1, 1)})
     assert torch.allclose(identity, x)
     out = aug(x)
     assert out.shape == x.shape and 0.0 <= out.min() and out.max() <= 1.0
@@ -153,12 +153,12 @@ def test_brightness_starts_at_the_identity_keeps_the_contract_and_is_differentia
     snapshot = aug.snapshot()
     assert set(snapshot) == {"gain_mean", "gain_log_std", "bias_mean", "bias_log_std"}
     with torch.no_grad():
-        expected = aug.apply(x, params)
+        expected = aug.apply_transform(x, params)
         aug.gain_mean.add_(0.5)
         assert torch.allclose(aug.forward_with(snapshot, x, params), expected)
         assert torch.allclose(aug.gain_mean, torch.full((3,), 1.5))  # forward_with left the module alone
         aug.restore(snapshot)
-        assert torch.allclose(aug.apply(x, params), expected)
+        assert torch.allclose(aug.apply_transform(x, params), expected)
 
 
 @pytest.mark.parametrize("name, fragments", [

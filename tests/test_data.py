@@ -109,7 +109,7 @@ def test_builtin_plugin_registers_the_five_formats():
                 "imagenet": True}
     assert expected.keys() <= entries.keys()
     for name, needs_arg in expected.items():
-        assert entries[name].meta["needs_arg"] is needs_arg
+        assert entries[name].needs_arg is needs_arg
         assert entries[name].plugin == "builtin_datasets"
         assert entries[name].help and "\n" not in entries[name].help
 

@@ -36,7 +36,7 @@ def test_starts_near_the_identity_within_the_bias_bound():
     aug = mix()
     params = aug.sample_params(x)
     with torch.no_grad():
-        out = aug.apply(x, params)
+        out = aug.apply_transform(x, params)
         own = aug.sources(x, params)["weight"][:, 0]
     # G = 2: w_own = sigmoid(4 + Δ), Δ the (tiny) score difference from the 0.01-std projection; allow |Δ| ≤ 0.5
     assert float(own.min()) >= sigmoid(4.0 - 0.5) and float(own.max()) <= sigmoid(4.0 + 0.5)
@@ -45,7 +45,7 @@ def test_starts_near_the_identity_within_the_bias_bound():
     gap = float((out - x).abs().max())
     assert 0 < gap <= 1 - sigmoid(4.0 - 0.5)
     with torch.no_grad():
-        assert float((mix(identity_bias=8).apply(x, params) - x).abs().max()) <= 1 - sigmoid(7.5)
+        assert float((mix(identity_bias=8).apply_transform(x, params) - x).abs().max()) <= 1 - sigmoid(7.5)
 
 
 def test_hand_computed_mix_of_two_images():
@@ -59,7 +59,7 @@ def test_hand_computed_mix_of_two_images():
     x = torch.stack([a, b])[:, None]
     params = {"eps": torch.zeros(2, 1)}
     with torch.no_grad():
-        out = aug.apply(x, params)
+        out = aug.apply_transform(x, params)
 
     def own_weight(own_sum, other_sum):  # softmax over (own score + 0.5, partner score)
         return 1.0 / (1.0 + math.exp(other_sum - (own_sum + 0.5)))
@@ -149,9 +149,9 @@ def test_float32_under_autocast():
     x = torch.rand(4, 1, 16, 16)
     params = aug.sample_params(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = aug.apply(x, params)
+        out = aug.apply_transform(x, params)
     assert out.dtype == torch.float32
-    assert torch.allclose(out, aug.apply(x, params), atol=1e-6)
+    assert torch.allclose(out, aug.apply_transform(x, params), atol=1e-6)
 
 
 @pytest.mark.parametrize("options, size, fragment", [
@@ -182,7 +182,7 @@ def test_base_augmentors_report_no_sources():
     assert affine.sources(x, affine.sample_params(x)) is None
     assert affine.sources_with(affine.snapshot(), x) is None
     composed = build_augmentor("affine+noise", {}, in_chans=1, img_size=(8, 8))
-    assert composed.sources_with(composed.snapshot(), x) is None  # without sampling (Compose cannot)
+    assert composed.sources_with(composed.snapshot(), x) is None  # parts that mix nothing report nothing
 
 
 def test_plugins_lists_mix_with_its_options(cli):
@@ -200,7 +200,7 @@ def test_plugins_lists_mix_with_its_options(cli):
 
 # ---------------------------------------------------------------------------------------------- visualize
 def make_mix_run(run: Path, moves: list[dict]) -> Path:
-    """A HARD-Mix run directory as HardTrainer leaves it (config, pool, steps), without training."""
+    """A HARD-Mix run directory as the trainer leaves it (config, pool, steps), without training."""
     run.mkdir(parents=True)
     cfg = RunConfig(command="distill", data="digits", model="hard_mnist_mlp", teacher="teacher-run",
                     augmentor="mix", aug_options={}).resolve_hard()

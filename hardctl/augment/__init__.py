@@ -2,9 +2,10 @@
 and the pool of saved augmentors HARD samples from (:mod:`.pool`)."""
 
 from hardctl.augment.base import Augmentor, HardDefaults, Option, parse_option_value
-from hardctl.augment.compose import (NONE, AugmentorSpec, Compose, build_augmentor, check_output, resolve,
-                                     resolved_options, split_name)
+from hardctl.augment.compose import (NONE, AugmentorSpec, Compose, build_augmentor, check_module, check_options,
+                                     check_output, resolve, resolved_options, split_name)
 from hardctl.augment.pool import AugmentorPool
 
 __all__ = ["Augmentor", "HardDefaults", "Option", "parse_option_value", "AugmentorSpec", "Compose",
-           "build_augmentor", "check_output", "resolve", "resolved_options", "split_name", "NONE", "AugmentorPool"]
+           "build_augmentor", "check_module", "check_options", "check_output", "resolve", "resolved_options",
+           "split_name", "NONE", "AugmentorPool"]

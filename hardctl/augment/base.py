@@ -3,14 +3,16 @@
 An augmentor maps pixels in ``[0, 1]`` (``B×C×H×W``) to pixels in ``[0, 1]`` of the same shape, and
 gradients flow from its output back to its parameters. As in kornia, drawing the random parameters
 (:meth:`Augmentor.sample_params`, reparameterised so they stay differentiable) is separate from
-applying them (:meth:`Augmentor.apply`), which lets ``visualize`` replay one draw under several pool
-snapshots.
+applying them (:meth:`Augmentor.apply_transform`, kornia's name; ``apply`` stays torch's
+``nn.Module.apply(fn)``), which lets ``visualize`` replay one draw under several pool snapshots.
 
 A plugin declares, as class attributes next to the code:
 
 * ``options``: the constructor's keyword options, each an :class:`Option` with default, type, range and help;
 * ``teacher_term``: whether the augmentor uses the teacher–teacher invariance loss (then HARD trains it
-  in phases that alternate with the student) or not (then it is trained jointly with the student);
+  in phases that alternate with the student) or not (then it is trained jointly with the student). The
+  registration may override it (``register(..., teacher_term=False)``); the built module then carries
+  the registration's value as an instance attribute, so ``augmentor.teacher_term`` is always the truth;
 * ``hard_defaults``: the switching thresholds, λ's, learning rate and batch size the paper uses for it;
 
 and may override :meth:`Augmentor.snapshot` / :meth:`Augmentor.forward_with` when its pool state is more
@@ -119,7 +121,7 @@ def parse_option_value(raw: Any, kind: type, what: str) -> Any:
 
 
 class Augmentor(nn.Module):
-    """Base class of learned augmentors. Subclasses implement ``sample_params`` and ``apply``."""
+    """Base class of learned augmentors. Subclasses implement ``sample_params`` and ``apply_transform``."""
 
     options: ClassVar[tuple[Option, ...]] = ()
     teacher_term: ClassVar[bool] = True
@@ -134,11 +136,12 @@ class Augmentor(nn.Module):
         """Draw this batch's random parameters (differentiable w.r.t. the module's parameters)."""
         return {}
 
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+    def apply_transform(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Augment ``x`` with the draw ``params``: deterministic given them (``forward_with`` replays draws)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither apply_transform nor forward")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply(x, self.sample_params(x))
+        return self.apply_transform(x, self.sample_params(x))
 
     def sources(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """For augmentors that mix images of the batch: ``{"index": B×G long, "weight": B×G}``, each
@@ -168,7 +171,7 @@ class Augmentor(nn.Module):
         ``params`` replays a given draw instead of sampling a new one (``visualize`` uses it).
         """
         def run(inp):
-            return self.apply(inp, params if params is not None else self.sample_params(inp))
+            return self.apply_transform(inp, params if params is not None else self.sample_params(inp))
 
         with _swapped_parameters(self, snapshot):
             return run(x)
@@ -177,7 +180,7 @@ class Augmentor(nn.Module):
                      params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
         """:meth:`sources` as the augmentor saved in ``snapshot`` would report them (``params`` as in
         :meth:`forward_with`: without it a draw is sampled, so seed the RNG as for ``forward_with``)."""
-        if type(self).sources is Augmentor.sources:  # nothing to report: do not sample (Compose cannot)
+        if type(self).sources is Augmentor.sources:  # nothing to report: do not draw (keeps the RNG untouched)
             return None
         with _swapped_parameters(self, snapshot):
             return self.sources(x, params if params is not None else self.sample_params(x))

@@ -7,6 +7,7 @@ composition ``PART.KEY=VALUE`` addresses one part, and a bare ``KEY`` is fine wh
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +18,17 @@ from hardctl import plugins
 from hardctl.augment.base import Augmentor, HardDefaults, Option
 from hardctl.errors import TrainingError, UsageError, did_you_mean
 
-__all__ = ["AugmentorSpec", "Compose", "build_augmentor", "resolve", "split_name", "check_output", "NONE"]
+__all__ = ["AugmentorSpec", "Compose", "build_augmentor", "check_module", "check_options", "resolve", "split_name",
+           "check_output", "NONE"]
 
 NONE = "none"  # --augmentor none: plain KD
 
 
 @dataclass(frozen=True)
 class AugmentorSpec:
-    """What the registry knows about one augmentor, read from its class (or the ``register`` call)."""
+    """What the registry knows about one augmentor: its :class:`~hardctl.plugins.AugmentorEntry`, where
+    each of ``options``, ``teacher_term`` and ``hard_defaults`` is the ``register`` call's keyword if it gave
+    one and the factory's class attribute otherwise. The engine reads these, never the class."""
 
     name: str
     factory: Any
@@ -35,17 +39,13 @@ class AugmentorSpec:
     hard_defaults: HardDefaults
 
     @classmethod
-    def from_entry(cls, entry: plugins.Entry) -> "AugmentorSpec":
-        factory, meta = entry.obj, entry.meta
-        return cls(
-            name=entry.name,
-            factory=factory,
-            help=entry.help,
-            plugin=entry.plugin,
-            options=tuple(meta.get("options", getattr(factory, "options", ()))),
-            teacher_term=bool(meta.get("teacher_term", getattr(factory, "teacher_term", True))),
-            hard_defaults=meta.get("hard_defaults", getattr(factory, "hard_defaults", HardDefaults())),
-        )
+    def from_entry(cls, entry: plugins.AugmentorEntry) -> "AugmentorSpec":
+        return cls(name=entry.name, factory=entry.obj, help=entry.help, plugin=entry.plugin,
+                   options=tuple(entry.options), teacher_term=entry.teacher_term,
+                   hard_defaults=entry.hard_defaults if entry.hard_defaults is not None else HardDefaults())
+
+    def who(self) -> str:
+        return f"augmentor {self.name!r} (plugin {self.plugin})"
 
 
 def split_name(name: str) -> list[str]:
@@ -101,57 +101,149 @@ def resolved_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_options(spec: AugmentorSpec) -> None:
+    """Refuse ``Option`` declarations that disagree with the factory's signature (a plugin bug).
+
+    The defaults are written twice, in ``options`` (what ``--aug-opt`` validates and the run records) and
+    in the constructor's keywords (what a direct ``Class(...)`` call uses); :func:`build_augmentor` passes
+    every option explicitly, so the ``Option`` is what a run uses, and this check keeps a direct call from
+    silently differing. Every option must also name a keyword the factory accepts (or it takes ``**kw``).
+    """
+    try:
+        signature = inspect.signature(spec.factory)
+    except (TypeError, ValueError):  # a C callable without a signature: nothing to compare
+        return
+    keywords = {name: p for name, p in signature.parameters.items()
+                if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    for option in spec.options:
+        param = keywords.get(option.name)
+        if param is None:
+            if takes_any:
+                continue
+            raise TrainingError(f"{spec.who()} declares option {option.name!r}, which its constructor does not take",
+                                hint=f"its keywords: {', '.join(k for k in keywords if k not in ('in_chans', 'img_size'))}")
+        if param.default is not inspect.Parameter.empty and param.default != option.default:
+            raise TrainingError(f"{spec.who()} declares option {option.name}={option.default!r} but its constructor's "
+                                f"default is {param.default!r}", hint="make the Option and the keyword default agree")
+
+
+def _old_style_apply(cls: type) -> type | None:
+    """The class that still defines the pre-rename ``apply(self, x, params)``, if any (torch's
+    ``Module.apply(self, fn)`` takes one argument, so a two-argument ``apply`` is the old contract)."""
+    for klass in cls.__mro__:
+        if klass is Augmentor:
+            return None
+        method = klass.__dict__.get("apply")
+        if callable(method):
+            try:
+                positional = [p for p in inspect.signature(method).parameters.values()
+                              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            except (TypeError, ValueError):
+                continue
+            if len(positional) >= 3:  # self, x, params
+                return klass
+    return None
+
+
+def check_module(spec: AugmentorSpec, module: Any) -> None:
+    """Refuse a factory result that cannot keep the contract the engine and the pool rely on."""
+    if not isinstance(module, Augmentor):
+        raise TrainingError(f"{spec.who()} built a {type(module).__name__}, not a hardctl.augment.Augmentor",
+                            hint="subclass hardctl.augment.Augmentor: the pool calls snapshot() and forward_with()")
+    old = _old_style_apply(type(module))
+    if old is not None:
+        raise TrainingError(f"{spec.who()} defines {old.__name__}.apply(x, params), which hardctl now calls "
+                            f"apply_transform", hint="rename the method to apply_transform (apply is torch's "
+                            "nn.Module.apply(fn))")
+
+
 def build_augmentor(name: str, raw_options: dict[str, Any] | None = None, *, in_chans: int,
                     img_size: tuple[int, int]) -> Augmentor:
-    """The augmentor ``name`` (or composition) for images of ``in_chans`` × ``img_size``."""
+    """The augmentor ``name`` (or composition) for images of ``in_chans`` × ``img_size``.
+
+    Each built part carries its registration's ``teacher_term`` and ``hard_defaults`` as instance
+    attributes (and ``hardctl_spec``, the whole :class:`AugmentorSpec`), so code that holds only the module
+    reads what the plugin registered, not the class attribute the registration may have overridden.
+    """
     specs = resolve(name)
     chosen = _parse_options(specs, dict(raw_options or {}))
     parts = []
     for spec, options in zip(specs, chosen):
+        check_options(spec)
+        values = {o.name: options.get(o.name, o.default) for o in spec.options}  # the Option is the default
         try:
-            module = spec.factory(in_chans=in_chans, img_size=tuple(img_size), **options)
+            module = spec.factory(in_chans=in_chans, img_size=tuple(img_size), **values)
         except (UsageError, TrainingError):
             raise
         except Exception as exc:  # a plugin's constructor failed: name the plugin, keep one line
-            raise TrainingError(f"augmentor {spec.name!r} (plugin {spec.plugin}) could not be built: "
-                                f"{type(exc).__name__}: {exc}") from exc
-        if not isinstance(module, nn.Module):
-            raise TrainingError(f"augmentor {spec.name!r} (plugin {spec.plugin}) built a "
-                                f"{type(module).__name__}, not a torch.nn.Module")
-        module.hardctl_spec = spec  # remembered for error messages
+            raise TrainingError(f"{spec.who()} could not be built: {type(exc).__name__}: {exc}") from exc
+        check_module(spec, module)
+        module.hardctl_spec = spec  # remembered for error messages and provenance
+        module.teacher_term = spec.teacher_term  # instance attributes shadow the class's: the registration wins
+        module.hard_defaults = spec.hard_defaults
         parts.append(module)
     if len(parts) == 1:
         return parts[0]
     return Compose(parts, specs, in_chans=in_chans, img_size=img_size)
 
 
+def _part(flat: dict[str, Any], index: int) -> dict[str, Any]:
+    """Part ``index``'s share of a composition's flat ``parts.I.KEY`` dict (a snapshot or a draw)."""
+    prefix = f"parts.{index}."
+    return {key[len(prefix):]: value for key, value in flat.items() if key.startswith(prefix)}
+
+
 class Compose(Augmentor):
     """Parts applied in order (``vdvae+affine``: the VAE first, the warp on its output), trained together.
 
     It uses the teacher–teacher term (and phases) only if every part does; its HARD defaults are the
-    first part's, so ``vdvae+affine`` keeps the VAE's thresholds and learning rate.
+    first part's, so ``vdvae+affine`` keeps the VAE's thresholds and learning rate. Snapshots and draws
+    are flat dicts keyed ``parts.I.KEY`` (each part's own snapshot / draw under a prefix), so the pool,
+    safetensors and ``forward_with`` treat a composition like any augmentor.
     """
 
-    def __init__(self, parts: list[nn.Module], specs: list[AugmentorSpec], *, in_chans: int, img_size):
+    def __init__(self, parts: list[Augmentor], specs: list[AugmentorSpec], *, in_chans: int, img_size):
         super().__init__(in_chans=in_chans, img_size=img_size)
         self.parts = nn.ModuleList(parts)
         self.part_names = [s.name for s in specs]
         self.teacher_term = all(s.teacher_term for s in specs)  # instance attribute shadows the class one
         self.hard_defaults = specs[0].hard_defaults
 
-    def sample_params(self, x: torch.Tensor) -> dict[str, Any]:
-        raise RuntimeError("Compose samples each part's parameters on that part's input; call forward()")
+    def sample_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each part's draw on that part's input: a part may look at more than the shape (an encoder), so
+        the chain runs up to the last part to produce the intermediate images."""
+        params: dict[str, torch.Tensor] = {}
+        for i, part in enumerate(self.parts):
+            own = part.sample_params(x)
+            params.update({f"parts.{i}.{key}": value for key, value in own.items()})
+            if i < len(self.parts) - 1:
+                x = part.apply_transform(x, own)
+        return params
+
+    def apply_transform(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        for i, part in enumerate(self.parts):
+            x = part.apply_transform(x, _part(params, i))
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The same draws, in the same RNG order, as apply_transform(x, sample_params(x)), without running
+        # the parts twice; and a part that overrides forward() (randomness it cannot split) still works.
         for part in self.parts:
             x = part(x)
         return x
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """The parts' own snapshots (a part's buffers included if its snapshot keeps them)."""
+        return {f"parts.{i}.{key}": value for i, part in enumerate(self.parts) for key, value in part.snapshot().items()}
+
+    def restore(self, snapshot: dict[str, torch.Tensor]) -> None:
+        for i, part in enumerate(self.parts):
+            part.restore(_part(snapshot, i))
+
     def forward_with(self, snapshot, x, params=None):
         for i, part in enumerate(self.parts):
-            prefix = f"parts.{i}."
-            own = {k[len(prefix):]: v for k, v in snapshot.items() if k.startswith(prefix)}
-            x = part.forward_with(own, x) if hasattr(part, "forward_with") else part(x)
+            x = part.forward_with(_part(snapshot, i), x, None if params is None else _part(params, i))
         return x
 
 
@@ -159,7 +251,7 @@ def spec_of(augmentor: nn.Module) -> str:
     spec = getattr(augmentor, "hardctl_spec", None)
     if spec is None:
         return f"augmentor {type(augmentor).__name__}"
-    return f"augmentor {spec.name!r} (plugin {spec.plugin})"
+    return spec.who()
 
 
 def check_output(augmentor: nn.Module, images: torch.Tensor, out: torch.Tensor, *, tolerance: float = 1e-3) -> None:

@@ -56,7 +56,7 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, rich_help_p
 def _list_suites(as_json: bool) -> None:
     entries = list(plugins.eval_suites)
     listing = [{"name": e.name, "plugin": e.plugin, "help": e.help,
-                "sets": [{"name": s.key, "paths": list(s.paths), "help": s.help} for s in e.meta.get("sources", ())]}
+                "sets": [{"name": s.key, "paths": list(s.paths), "help": s.help} for s in e.sources]}
                for e in entries]
     if as_json:
         print(jsonlib.dumps(listing, indent=2))
@@ -105,8 +105,8 @@ def eval_command(
         raise UsageError("eval needs --model", hint="e.g. hardctl eval --model runs/kd --data digits")
     suites = list(dict.fromkeys(suite or ["standard"]))
     entries = [plugins.eval_suites.get(name) for name in suites]  # unknown names: usage error with did-you-mean
-    root_suites = [e.name for e in entries if e.meta.get("sources")]
-    spec_suites = [e.name for e in entries if not e.meta.get("sources")]
+    root_suites = [e.name for e in entries if e.sources]
+    spec_suites = [e.name for e in entries if not e.sources]
     typed = explicit_options(ctx)
     if (data_root is not None or set_) and not root_suites:
         raise UsageError(f"--data-root and --set apply to suites that read release folders, not {', '.join(suites)}",

@@ -111,7 +111,7 @@ def build_datasets(spec: str) -> ImageDatasets:
     """Resolve a spec through the registry and build its raw train/test splits."""
     name, arg = parse_spec(spec)
     entry = plugins.datasets.get(name)
-    if entry.meta.get("needs_arg") and arg is None:
+    if entry.needs_arg and arg is None:
         raise DataError(f"data set {name!r} needs a folder", hint=f"use --data {name}:DIR")
     return entry.obj(arg)
 

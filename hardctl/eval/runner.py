@@ -55,7 +55,7 @@ def suite_sources(names: Sequence[str]) -> dict[str, str]:
     """``--set`` keys (-> help) that the suites ``names`` read; empty for data-spec suites."""
     known: dict[str, str] = {}
     for name in names:
-        for source in plugins.eval_suites.get(name).meta.get("sources", ()):
+        for source in plugins.eval_suites.get(name).sources:
             known.setdefault(source.key, source.help)
     return known
 
@@ -71,7 +71,7 @@ def collect_sets(suites: Sequence[str], *, data_spec: str = "digits", data_root=
     seen: set[str] = set()
     for name in suites:
         entry = plugins.eval_suites.get(name)
-        if entry.meta.get("sources"):
+        if entry.sources:
             got = entry.obj(None, data_root=data_root, sets=dict(sets or {}), shift_px=shift_px, shift_seed=shift_seed)
         else:
             got = entry.obj(data_spec, shift_px=shift_px, shift_seed=shift_seed)

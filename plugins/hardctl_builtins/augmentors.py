@@ -57,7 +57,7 @@ class AffineAugmentor(Augmentor):
         theta = self.mean.float() + (self.min_sigma + self.log_std.float().exp()) * eps
         return {"theta": theta.view(-1, 2, 3)}
 
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def apply_transform(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         # The warp runs in float32 even under autocast: bf16 grid coordinates are off by a pixel at 224 px.
         with torch.autocast(device_type=x.device.type, enabled=False):
             theta = params["theta"].float()
@@ -95,7 +95,7 @@ class NoiseAugmentor(Augmentor):
     def sample_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"eps": torch.randn_like(x, dtype=torch.float32)}
 
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def apply_transform(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         out = x.float() + self.mu + self.log_sigma.exp() * params["eps"]
         return out.clamp(0.0, 1.0) if self.clamp else out
 

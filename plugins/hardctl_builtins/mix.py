@@ -116,7 +116,7 @@ class MixAugmentor(Augmentor):
             scores = scores + self.bias.float()[: index.shape[1], None]
             return scores.softmax(dim=1), patches
 
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def apply_transform(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         # Weights and mix in float32 even under autocast: bf16 would blur a 98/2 split to 100/0.
         weights, patches = self.weights(x, params)
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -68,7 +68,7 @@ class BrightnessAugmentor(Augmentor):
         bias = self.bias_mean.float() + self.bias_log_std.float().exp() * eps[:, 1]
         return {"gain": gain[:, :, None, None], "bias": bias[:, :, None, None]}  # B×k×1×1, broadcast over C×H×W
 
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def apply_transform(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Deterministic given ``params`` (``forward_with`` and ``visualize`` replay draws under old snapshots)."""
         out = self.pivot + params["gain"] * (x.float() - self.pivot) + params["bias"]
         return out.clamp(0.0, 1.0)  # the contract: pixels stay in [0, 1]
