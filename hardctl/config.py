@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from hardctl.atomic import atomic_path
 from hardctl.errors import UsageError, did_you_mean
 from hardctl.runfiles import CONFIG_FILE
+from hardctl.tomlio import read_toml
 
 # RunConfig field -> HardDefaults field, for the HARD settings an augmentor gives defaults for.
 HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patience", "lambda_s": "lambda_s",
@@ -176,11 +171,7 @@ class RunConfig:
         path = Path(run_dir) / CONFIG_FILE
         if not path.is_file():
             raise UsageError(f"{run_dir} is not a hardctl run directory (no {CONFIG_FILE})")
-        try:
-            payload = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot parse {path}: {exc}") from None
-        return cls.from_dict(payload.get("run", {}))
+        return cls.from_dict(read_toml(path).get("run", {}))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

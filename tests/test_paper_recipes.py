@@ -15,7 +15,6 @@ import gzip
 import json
 import pickle
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from hardctl import tomlio
 from hardctl.config import RunConfig
 from hardctl.recipes import load_recipe
 from hardctl.recipes.overrides import apply_overrides, parse_overrides
@@ -144,7 +139,7 @@ def test_the_paper_recipes_are_registered_and_show(cli):
         assert rows[name]["error"] is None and rows[name]["kind"] == "transfer", name
         assert rows[name]["description"] and "\n" not in rows[name]["description"]
         shown = cli("recipes", "show", name)
-        assert shown.code == 0 and tomllib.loads(shown.out)["recipe"]["name"] == name
+        assert shown.code == 0 and tomlio.loads(shown.out)["recipe"]["name"] == name
     listed = cli("recipes")
     assert all(name in listed.out for name in PAPER)
     assert "fashion-mnist" in rows["mnist-cnn-mlp"]["description"]
@@ -245,7 +240,7 @@ def test_eval_and_results_overrides(tmp_path):
     assert all(resolved.config(a, 0).teacher == f"resnet50:{tmp_path / 'other.pth'}"
                for a in resolved.arms if a.id in ("kd", "hard-mix"))
     assert resolved.config(resolved.arm("teacher"), 0).model == f"resnet50:{tmp_path / 'other.pth'}"
-    saved = tomllib.loads(resolved.to_toml())
+    saved = tomlio.loads(resolved.to_toml())
     assert saved["eval"]["data_root"] == str(tmp_path) and saved["results"]["columns"][1] == "imagenet-c mCE"
     off = apply_overrides(recipe, parse_overrides(["eval.suites=none", "eval.data_root=none"]))
     assert off.eval.suites == [] and off.eval.data_root is None

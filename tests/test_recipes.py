@@ -12,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 import hardctl
+from hardctl import tomlio
 from hardctl.cli import main
 from hardctl.cli.recipes import _target_and_seeds
 from hardctl.config import RunConfig
@@ -149,7 +145,7 @@ def test_recipes_show_prints_the_file(cli):
     result = cli("recipes", "show", "transfer-digits")
     assert result.code == 0, result.err
     assert result.out == (BUILTIN / "transfer-digits.toml").read_text()
-    assert tomllib.loads(result.out)["recipe"]["name"] == "transfer-digits"
+    assert tomlio.loads(result.out)["recipe"]["name"] == "transfer-digits"
 
 
 def test_a_builtin_recipe_runs_by_name_with_a_subset(cli, tmp_path):
@@ -165,7 +161,7 @@ def test_a_builtin_recipe_runs_by_name_with_a_subset(cli, tmp_path):
     assert results["command"] == ("hardctl recipes run transfer-digits --seeds 0 --arms student --set epochs=1 "
                                   f"--out {out}")
     assert summary(out / "student" / "seed-0")["epochs"] == 1
-    resolved = tomllib.loads((out / "recipe.toml").read_text())
+    resolved = tomlio.loads((out / "recipe.toml").read_text())
     assert resolved["defaults"]["epochs"] == 1 and len(resolved["arm"]) == len(load_recipe("transfer-digits").arms)
     # --set KEY=VALUE is every arm's value: the teacher's own "epochs = 30" gives way too
     assert "epochs" not in resolved["arm"][0] and load_recipe("transfer-digits").arm("teacher").values["epochs"] == 30
@@ -270,7 +266,7 @@ def test_a_changed_config_is_not_reused_and_its_teacher_is(out_copy):
     assert after["kd/seed-0/summary.json"] != before["kd/seed-0/summary.json"]
     assert RunConfig.load(out / "kd" / "seed-0").lr == 2e-3
     assert [a["runs"][0]["status"] for a in results["arms"]] == ["reused", "trained"]
-    assert tomllib.loads((out / "recipe.toml").read_text())["arm"][1]["lr"] == 2e-3
+    assert tomlio.loads((out / "recipe.toml").read_text())["arm"][1]["lr"] == 2e-3
     assert results["overrides"] == {"kd.lr": "2e-3"}
 
 
@@ -454,7 +450,7 @@ def test_toy_recipes_go_to_hardctl_toy(monkeypatch, tmp_path):
     assert [(a.id, a.label) for a in recipe.arms] == [("baseline", "Baseline (KD)"), ("hard", "hard")]
     result = run_recipe(recipe, tmp_path / "out", seeds=[3], overrides={"iterations": "5"}, progress=Collect())
     assert result == {"table": {"baseline": {"mean": 0.5}}, "files": {}}
-    assert calls == [(tomllib.loads(TOY), (tmp_path / "out").resolve(), [3], {"iterations": "5"})]
+    assert calls == [(tomlio.loads(TOY), (tmp_path / "out").resolve(), [3], {"iterations": "5"})]
     assert lines == ["toy baseline seed 3: test MSE 0.5"]
     with pytest.raises(UsageError, match="--arms is not supported for toy recipes"):
         run_recipe(recipe, tmp_path / "out", arms=["baseline"])

@@ -11,7 +11,6 @@ directory's teacher is among the models.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,17 +21,13 @@ from torch import nn
 
 import hardctl
 from hardctl import plugins
-from hardctl.errors import DataError, ModelError, UsageError
+from hardctl.config import RunConfig
+from hardctl.errors import DataError, HardctlError, ModelError, UsageError
 from hardctl.eval import EvalSet
 from hardctl.eval.corruptions import summarize
 from hardctl.eval.engine import Feed, score
 from hardctl.eval.metrics import TopK
 from hardctl.eval.preprocess import FileImages, Preprocessing, preprocessing_for
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["EvalModel", "collect_sets", "evaluate", "load_models", "require_found", "suite_sources"]
 
@@ -92,14 +87,11 @@ def require_found(pairs: Sequence[tuple[str, EvalSet]], where: str) -> None:
 
 
 def _teacher_of(run_dir: Path) -> str | None:
-    from hardctl.config import CONFIG_FILE
-
+    """The ``--teacher`` a run directory was distilled from (None: not a distillation, or unreadable)."""
     try:
-        payload = tomllib.loads((run_dir / CONFIG_FILE).read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return RunConfig.load(run_dir).teacher or None
+    except HardctlError:
         return None
-    teacher = payload.get("run", {}).get("teacher")
-    return str(teacher) if teacher else None
 
 
 def load_models(specs: Sequence[str], pairs: Sequence[tuple[str, EvalSet]], *, device: torch.device,

@@ -71,9 +71,9 @@ from hardctl.recipes.runner import list_recipes, run_recipe
 from hardctl.recipes.overrides import apply_overrides, parse_overrides
 from hardctl.recipes.sections import EvalSpec, ResultsSpec
 from hardctl.recipes.spec import (KINDS, Arm, Recipe, check_value, describe_file, load_recipe, parse_recipe,
-                                  parse_value, read_toml, recipe_path)
+                                  parse_value, recipe_path)
 
 __all__ = ["KINDS", "Arm", "EvalSpec", "Recipe", "ResultsSpec", "PlannedRun", "apply_overrides", "check_value", "collect", "describe_file",
            "format_delta", "format_mean_sem", "list_recipes", "load_recipe", "markdown", "mean_sem",
-           "parse_overrides", "parse_recipe", "parse_value", "read_toml", "recipe_path", "reproduce_command",
+           "parse_overrides", "parse_recipe", "parse_value", "recipe_path", "reproduce_command",
            "run_recipe", "saved_config_matches", "shift_label", "write_results"]

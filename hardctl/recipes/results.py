@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from hardctl import tomlio
 from hardctl.atomic import atomic_path
 from hardctl.config import RunConfig
 from hardctl.errors import HardctlError
@@ -36,7 +31,7 @@ class PlannedRun:
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
     """A config as it reads back from TOML (tuples become lists), without what does not change results."""
     values = {k: v for k, v in values.items() if k not in IGNORED_FOR_REUSE}
-    return tomllib.loads(tomli_w.dumps({"run": values}))["run"]
+    return tomlio.loads(tomli_w.dumps({"run": values}))["run"]
 
 
 def saved_config_matches(run_dir: Path, cfg: RunConfig) -> bool:

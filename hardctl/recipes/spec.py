@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import math
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,11 +20,7 @@ from typing import Any
 
 import tomli_w
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from hardctl import tomlio
 from hardctl.config import RunConfig
 from hardctl.errors import UsageError, did_you_mean
 from hardctl.recipes.sections import EvalSpec, ResultsSpec, _check_keys, _parse_eval, _parse_results, _table
@@ -181,11 +176,11 @@ def parse_value(key: str, text: str, where: str) -> Any:
                 raise ValueError(stripped)
             return value
         if base is dict:
-            value = tomllib.loads(f"value = {stripped}")["value"]
+            value = tomlio.loads(f"value = {stripped}")["value"]
             if not isinstance(value, dict):
                 raise ValueError(stripped)
             return value
-    except (KeyError, ValueError, tomllib.TOMLDecodeError):
+    except (KeyError, ValueError, tomlio.TOMLDecodeError):
         example = {dict: " such as {sigma = 0.1}"}.get(base, "")
         raise UsageError(f"{where}: {key} takes {_type_name(tp)}{example}, got {text!r}") from None
     return text
@@ -305,17 +300,6 @@ def _validate_transfer(recipe: Recipe) -> None:
         seen.append(arm.id)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"recipe file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"recipe {path} is a folder, not a TOML file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot parse recipe {path}: {exc}") from None
-
-
 def recipe_path(name_or_path: str | Path) -> Path:
     """The file of a registered recipe name, or ``name_or_path`` itself when it is a path."""
     text = str(name_or_path)
@@ -333,13 +317,13 @@ def recipe_path(name_or_path: str | Path) -> Path:
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A registered recipe (``hardctl recipes``) by name, or a recipe TOML file by path, validated."""
     path = recipe_path(name_or_path)
-    return parse_recipe(read_toml(path), str(path), default_name=path.stem)
+    return parse_recipe(tomlio.read_toml(path, "recipe"), str(path), default_name=path.stem)
 
 
 def describe_file(path: str | Path) -> str:
     """The one-line description of a recipe file ("" when the file cannot be read)."""
     try:
-        head = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("recipe", {})
+        head = tomlio.read_toml(path).get("recipe", {})
         text = head.get("description", "") if isinstance(head, dict) else ""
         return text.strip().splitlines()[0] if isinstance(text, str) and text.strip() else ""
     except Exception:  # a broken file must not break listing
