@@ -52,8 +52,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hardctl.atomic import atomic_path
-from hardctl.augment import AugmentorPool
-from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
+from hardctl.augment import build_augmentor
+from hardctl.distill.hard import Hard, HardSettings
+from hardctl.distill.losses import hard_objective
+from hardctl.distill.phases import AUGMENTOR, STUDENT
 from hardctl.errors import UsageError, did_you_mean
 
 __all__ = ["ARMS", "ToySettings", "make_student", "run_arm", "run_recipe", "run_toy", "settings_from",
@@ -142,10 +144,17 @@ def test_inputs(s: ToySettings) -> torch.Tensor:
 
 
 def noise_augmentor(sigma_init: float):
-    """The built-in ``noise`` augmentor (``x + μ + σ·ε``, one learned scalar μ and σ) on unbounded inputs."""
-    from hardctl_builtins.augmentors import NoiseAugmentor
+    """The ``noise`` augmentor (``x + μ + σ·ε``, one learned scalar μ and σ) on unbounded inputs, built through
+    the plugin registry like any augmentor."""
+    return build_augmentor("noise", {"sigma_init": sigma_init, "shape": "scalar", "clamp": False},
+                           in_chans=1, img_size=(1, 1))
 
-    return NoiseAugmentor(in_chans=1, img_size=(1, 1), sigma_init=sigma_init, shape="scalar", clamp=False)
+
+def hard_settings(s: ToySettings) -> HardSettings:
+    """The engine's HARD settings for the toy (the switching statistic is the student's MSE on x̃)."""
+    return HardSettings(augmentor="noise", l_min=s.l_min, l_max=s.l_max, switch_patience=s.patience,
+                        lambda_s=s.lambda_s, lambda_t=s.lambda_t, aug_lr=s.aug_lr, aug_batch_size=s.batch_size,
+                        max_aug_steps=s.max_aug_steps)
 
 
 def mu_sigma(state: dict[str, torch.Tensor]) -> tuple[float, float]:
@@ -177,37 +186,26 @@ def _run_arm(arm: str, seed: int, s: ToySettings) -> dict[str, Any]:
     def batch() -> torch.Tensor:  # training inputs drawn with replacement, [B, 1]
         return x_train[torch.randint(len(x_train), (s.batch_size,))]
 
-    if arm == "hard":
-        augmentor = noise_augmentor(s.hard_sigma_init)
-        aug_optimizer = torch.optim.Adam(augmentor.parameters(), lr=s.aug_lr)
-        aug_params = list(augmentor.parameters())
-        pool = AugmentorPool(augmentor)
-        pool.add(reason="initial", iteration=0, step=0)  # entry 0: μ = 0, σ = hard_sigma_init
-        switch = PhaseSwitch(s.l_min, s.l_max, s.patience)
-        aug_steps = phase_steps = 0
+    if arm == "hard":  # the engine's HARD state: augmentor, its Adam, the phase switch, the pool
+        hard = Hard(noise_augmentor(s.hard_sigma_init), hard_settings(s), device=torch.device("cpu"))
+        hard.save("initial", iteration=0, step=0)  # entry 0: μ = 0, σ = hard_sigma_init
         trace = []  # (iteration, phase, student MSE on x̃) every 50 iterations, for the record
 
     seen = []
     iteration = step = 0  # all iterations / student updates only
     while step < s.iterations:
         # ---- HARD augmentor phase: ascend λ_s·D[s(x̃), t(x̃)] − λ_t·D[t(x̃), t(x)] (student, teacher frozen)
-        if arm == "hard" and switch.phase == AUGMENTOR:
+        if arm == "hard" and hard.in_augmentor_phase:
             x = batch()
-            x_aug = augmentor(x)
+            x_aug = hard.augmentor(x)
             l_st = F.mse_loss(student(x_aug), teacher(x_aug))
             l_tt = F.mse_loss(teacher(x_aug), teacher(x))
-            loss = -(s.lambda_s * l_st - s.lambda_t * l_tt)
-            aug_optimizer.zero_grad(set_to_none=True)
-            loss.backward(inputs=aug_params)  # the student gets no gradient
-            aug_optimizer.step()
+            loss = -hard_objective(l_st, l_tt, lambda_s=s.lambda_s, lambda_t=s.lambda_t)
+            hard.optimizer.zero_grad(set_to_none=True)
+            loss.backward(inputs=hard.params)  # the student gets no gradient
+            hard.optimizer.step()
             iteration += 1
-            aug_steps += 1
-            phase_steps += 1
-            if switch.update(l_st.item(), iteration):
-                pool.add(reason="switch", iteration=iteration, step=step)
-            elif phase_steps >= s.max_aug_steps:
-                switch.force(STUDENT, iteration)
-                pool.add(reason="step cap", iteration=iteration, step=step)
+            hard.augmentor_stepped(l_st.item(), iteration, step=step)  # may end the phase into the pool
             if iteration % 50 == 0:
                 trace.append((iteration, AUGMENTOR, round(l_st.item(), 5)))
             continue
@@ -221,7 +219,7 @@ def _run_arm(arm: str, seed: int, s: ToySettings) -> dict[str, Any]:
             elif arm == "noise":
                 x_aug = x + s.noise_sigma * torch.randn_like(x)
             elif arm == "hard":
-                x_aug = pool.augment(pool.sample(), x)
+                x_aug = hard.pool.augment(hard.pool.sample(), x)
             else:
                 x_aug = x
         loss = F.mse_loss(student(x_aug), teacher(x_aug))
@@ -231,8 +229,7 @@ def _run_arm(arm: str, seed: int, s: ToySettings) -> dict[str, Any]:
         iteration += 1
         step += 1
         if arm == "hard":
-            if switch.update(loss.item(), iteration):
-                phase_steps = 0
+            hard.student_stepped(loss.item(), iteration)
             if iteration % 50 == 0:
                 trace.append((iteration, STUDENT, round(loss.item(), 5)))
         if (step - 1) % s.record_every == 0:  # steps 1, 1 + n, 1 + 2n, ...
@@ -257,15 +254,16 @@ def _run_arm(arm: str, seed: int, s: ToySettings) -> dict[str, Any]:
         "wall_s": round(time.perf_counter() - started, 3),
     }
     if arm == "hard":
-        mu, sigma = mu_sigma(augmentor.snapshot())
+        mu, sigma = mu_sigma(hard.augmentor.snapshot())
+        pool, switch = hard.pool, hard.switch
         pool_entries = []
         for entry, info in zip(pool.entries, pool.info):
             entry_mu, entry_sigma = mu_sigma(entry)
             pool_entries.append({**info, "mu": entry_mu, "sigma": entry_sigma})
         result["hard"] = {
             "switches": switch.switches, "history": [list(h) for h in switch.history],
-            "pool_size": len(pool), "pool": pool_entries, "aug_steps": aug_steps,
-            "aug_fraction": aug_steps / max(1, iteration),
+            "pool_size": len(pool), "pool": pool_entries, "aug_steps": hard.steps,
+            "aug_fraction": hard.steps / max(1, iteration),
             "mu": mu, "sigma": sigma, "mu_init": 0.0, "sigma_init": s.hard_sigma_init, "trace": trace,
         }
     return result

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
 from hardctl.errors import TrainingError
 from hardctl.eval.metrics import top1_correct
 
-__all__ = ["Hard", "GradReverse", "disagreement", "JOINT", "PHASES"]
+__all__ = ["Hard", "HardSettings", "GradReverse", "disagreement", "JOINT", "PHASES"]
 
 JOINT, PHASES = "joint", "phases"
 
@@ -54,10 +55,34 @@ def disagreement(student_logits: torch.Tensor, reference: torch.Tensor) -> float
     return float((~top1_correct(student_logits, reference)).float().mean())
 
 
-class Hard:
-    """Everything HARD adds to a run, for the trainer's loop and steps to use."""
+@dataclass(frozen=True)
+class HardSettings:
+    """The numbers HARD runs with (resolved: the augmentor's paper defaults filled in)."""
 
-    def __init__(self, augmentor: nn.Module, cfg, *, device: torch.device, amp: str, pool_dir: Path | None):
+    augmentor: str  # its name, for the pool's records and the summary
+    l_min: float
+    l_max: float
+    switch_patience: int
+    lambda_s: float
+    lambda_t: float
+    aug_lr: float
+    aug_batch_size: int
+    max_aug_steps: int
+    switch_on: str = "teacher"  # the switching error against the teacher's prediction on x̃, or the labels
+    seed: int = 0
+    aug_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg) -> "HardSettings":
+        """From a resolved :class:`~hardctl.config.RunConfig`."""
+        return cls(**{name: getattr(cfg, name) for name in cls.__dataclass_fields__})
+
+
+class Hard:
+    """Everything HARD adds to a run, for a training loop and its steps to use (the trainer's, the toy's)."""
+
+    def __init__(self, augmentor: nn.Module, cfg: HardSettings, *, device: torch.device, amp: str = "off",
+                 pool_dir: Path | None = None):
         self.augmentor, self.cfg = augmentor, cfg
         # the registration says whether the augmentor has a teacher–teacher term (see hardctl.augment)
         self.mode = PHASES if getattr(augmentor, "teacher_term", True) else JOINT
@@ -104,6 +129,29 @@ class Hard:
             augmented = self.pool.augment(entry, images)
         self.check(images, augmented)
         return augmented
+
+    def student_stepped(self, error: float, iteration: int) -> bool:
+        """Feed a student step's error to the switch; True when the augmentor phase begins."""
+        if self.switch.update(error, iteration):
+            self.phase_steps = 0
+            return True
+        return False
+
+    def augmentor_stepped(self, error: float, iteration: int, **where: Any) -> str | None:
+        """Count an augmentor step and feed its error to the switch. When the phase ends — the error stayed
+        above ``l_max`` (``"switch"``) or ``max_aug_steps`` ran out (``"step cap"``) — the augmentor joins the
+        pool and the reason is returned; otherwise ``None``."""
+        self.steps += 1
+        self.phase_steps += 1
+        if self.switch.update(error, iteration):
+            reason = "switch"
+        elif self.phase_steps >= self.cfg.max_aug_steps:
+            self.switch.force(STUDENT, iteration)
+            reason = "step cap"
+        else:
+            return None
+        self.save(reason, iteration=iteration, **where)
+        return reason
 
     def save(self, reason: str, **where: Any) -> None:
         """A pool entry of the augmentor as it is now (at a switch back to the student, or per joint epoch)."""

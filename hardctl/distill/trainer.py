@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from hardctl.augment.pool import POOL_DIR
 from hardctl.distill import rundir
 from hardctl.distill.build import Components
-from hardctl.distill.hard import JOINT, GradReverse, Hard
+from hardctl.distill.hard import JOINT, GradReverse, Hard, HardSettings
 from hardctl.distill.losses import hard_objective
 from hardctl.distill.phases import AUGMENTOR, STUDENT
 from hardctl.distill.progress import Reporter
@@ -85,7 +85,7 @@ class Trainer:
         self.log = rundir.RunLog(self.run_dir / rundir.LOG_FILE if main else None, self.reporter.log if main else None)
         self.hard = None  # HARD's augmentor, switch and pool (distill with --augmentor)
         if parts.augmentor is not None:
-            self.hard = Hard(parts.augmentor, self.cfg, device=self.device, amp=self.amp,
+            self.hard = Hard(parts.augmentor, HardSettings.from_config(self.cfg), device=self.device, amp=self.amp,
                              pool_dir=self.run_dir / POOL_DIR if main else None)
 
     # ------------------------------------------------------------------ the loop
@@ -120,8 +120,7 @@ class Trainer:
                 self.augmentor_phase()  # ... which ends by adding the augmentor to the pool
         with hard.timed(STUDENT):  # KD on the batch as a random pool entry augments it
             record = self.student_step(images, labels, entry=hard.pool.sample())
-        if hard.switch.update(record["aug_error"], self.iteration):  # below l_min for k iterations
-            hard.phase_steps = 0
+        if hard.student_stepped(record["aug_error"], self.iteration):  # below l_min for k iterations
             self.log(f"iteration {self.iteration}: student error {record['aug_error']:.3f} below l_min "
                      f"{self.cfg.l_min} for {self.cfg.switch_patience} iterations -> augmentor phase")
         return record
@@ -133,22 +132,16 @@ class Trainer:
         while True:
             record = self.augmentor_step()
             error = record["aug_error"]
-            if hard.switch.update(error, self.iteration):
-                reason = "switch"
-                message = (f"student error {error:.3f} above l_max {cfg.l_max} for {cfg.switch_patience} "
-                           f"iterations -> student phase")
-            elif hard.phase_steps >= cfg.max_aug_steps:
-                hard.switch.force(STUDENT, self.iteration)
-                reason = "step cap"
-                message = (f"augmentor phase reached --max-aug-steps {cfg.max_aug_steps} (student error "
-                           f"{error:.3f} < l_max {cfg.l_max}) -> student phase")
-            else:
-                self.log_step(record, progress=False)
-                continue
-            hard.save(reason, iteration=self.iteration, step=self.step_count, epoch=self.epoch + 1)
+            ended = hard.augmentor_stepped(error, self.iteration, step=self.step_count, epoch=self.epoch + 1)
             self.log_step({**record, "pool_size": len(hard.pool)}, progress=False)
-            self.log(f"iteration {self.iteration}: {message} (pool {len(hard.pool)})")
-            return
+            if ended == "switch":
+                self.log(f"iteration {self.iteration}: student error {error:.3f} above l_max {cfg.l_max} for "
+                         f"{cfg.switch_patience} iterations -> student phase (pool {len(hard.pool)})")
+            elif ended == "step cap":
+                self.log(f"iteration {self.iteration}: augmentor phase reached --max-aug-steps {cfg.max_aug_steps} "
+                         f"(student error {error:.3f} < l_max {cfg.l_max}) -> student phase (pool {len(hard.pool)})")
+            if ended:
+                return
 
     # ------------------------------------------------------------------ the steps
     def prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +191,6 @@ class Trainer:
         hard.scaler.step(hard.optimizer)
         hard.scaler.update()
         self.iteration += 1
-        hard.steps += 1
-        hard.phase_steps += 1
         return {"iter": self.iteration, "step": self.step_count, "epoch": self.epoch + 1, "phase": AUGMENTOR,
                 "loss": float(loss.detach()), "l_st": float(out["kd"].detach()), "l_tt": float(l_tt.detach()),
                 "aug_error": hard.error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool)}
