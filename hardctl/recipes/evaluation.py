@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hardctl.atomic import atomic_path
-from hardctl.checkpoints import split_named_file
+from hardctl.models import split_named_file
 from hardctl.config import RunConfig
 from hardctl.errors import HardctlError, UsageError
 from hardctl.recipes.sections import EvalSpec
@@ -107,7 +107,7 @@ def evaluate_model(model: str, cfg: RunConfig, suites: list[str], spec: EvalSpec
     Returns the saved record (``scores``: column key -> value; ``lower_is_better``: the keys where lower
     is better; ``skipped``: set -> reason) and ``"reused"`` or ``"evaluated"``.
     """
-    from hardctl.distill.trainer import select_amp, select_device
+    from hardctl.device import select_amp, select_device
     from hardctl.eval import runner
 
     pairs = _collect(suites, cfg, spec, shifted)

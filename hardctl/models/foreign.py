@@ -6,7 +6,7 @@ unwraps training checkpoints (``state_dict``/``model`` entries), strips the ``mo
 prefixes of wrappers, takes the head and input channels from the tensors and loads the weights strictly
 into the model that :func:`hardctl.models.create_model` builds. :func:`hardctl.models.load_model` sends
 such specs here; hardctl's own ``.safetensors`` files (with :class:`~hardctl.models.ModelInfo` metadata)
-are read and written in :mod:`hardctl.models`.
+are read and written in :mod:`hardctl.models.factory`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from hardctl.errors import CheckpointError, ModelError, UsageError
-from hardctl.models import _TIMM_SOURCE_PREFIXES, ModelInfo, create_model, resolve_name, state_dict_mismatch
+from hardctl.models.factory import TIMM_SOURCE_PREFIXES, ModelInfo, create_model, resolve_name, state_dict_mismatch
 
-__all__ = ["split_named_file"]
+__all__ = ["load_named_file", "split_named_file"]
 
 
 def split_named_file(spec: str) -> tuple[str, str] | None:
@@ -31,7 +31,7 @@ def split_named_file(spec: str) -> tuple[str, str] | None:
     The part before the first ``:`` must look like a model name (no path separator, at least two
     characters, so that a Windows drive ``C:`` stays a path); timm's ``hf-hub:``-style sources are not files.
     """
-    if spec.startswith(_TIMM_SOURCE_PREFIXES) or ":" not in spec:
+    if spec.startswith(TIMM_SOURCE_PREFIXES) or ":" not in spec:
         return None
     name, _, file = spec.partition(":")
     if len(name) < 2 or not file or any(c in name for c in "/\\~") or name.startswith("."):
@@ -75,7 +75,7 @@ def _leading_dim(state: dict[str, torch.Tensor], layer: str | Sequence[str] | No
     return int(weight.shape[dim])
 
 
-def _load_named_file(
+def load_named_file(
     spec: str,
     name: str,
     file: str,

@@ -1,10 +1,7 @@
-"""Model specs -> built models, and hardctl's own weights files in and out.
+"""Building models by name, and hardctl's own weights files in and out.
 
-A *model spec* is what a user types after ``--teacher``/``--student``: a timm name (``resnet18``), a
-friendly alias (``mnist_cnn``), a ``.safetensors`` file written by hardctl, a hardctl run directory, or
-``NAME:FILE``, a timm architecture with weights from someone else's file (``.pth``, ``.pth.tar``, ``.pt``
-or ``.safetensors``, e.g. ``resnet50:~/weights/deepaugment_and_augmix.pth.tar``; read by
-:mod:`hardctl.checkpoints`). :func:`load_model` turns any of them into ``(module, ModelInfo)``.
+Names are timm names or friendly aliases (:data:`ALIASES`); :func:`create_model` builds one with its
+:class:`ModelInfo` (architecture, head, input shape, normalisation).
 
 Weights are stored as safetensors (never pickle) with the model's :class:`ModelInfo` in the file's
 string metadata, so a file alone is enough to rebuild its architecture and input normalisation.
@@ -29,14 +26,15 @@ from torch import nn
 import hardctl
 from hardctl import zoo  # noqa: F401  (registers the hard_* architectures in timm's registry)
 from hardctl.atomic import atomic_path
-from hardctl.errors import CheckpointError, ModelError, UsageError, did_you_mean
+from hardctl.errors import CheckpointError, ModelError, did_you_mean
+from hardctl.runfiles import MODEL_FILE
 
 __all__ = [
-    "ALIASES", "InputNormalize", "ModelInfo", "create_model", "describe", "load_model", "resolve_name",
-    "save_model",
+    "ALIASES", "TIMM_SOURCE_PREFIXES", "WEIGHTS_NAME", "InputNormalize", "ModelInfo", "create_model", "describe",
+    "load_weights_file", "resolve_name", "save_model", "state_dict_mismatch",
 ]
 
-WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAME = MODEL_FILE
 """The weights file inside a hardctl run directory."""
 
 FORMAT = "hardctl"
@@ -62,7 +60,7 @@ ALIASES: dict[str, str] = {
 
 # timm resolves these prefixes itself (Hugging Face Hub / local config folders); they contain "/"
 # but are not hardctl weights files
-_TIMM_SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+TIMM_SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class ModelInfo:
 
 def resolve_name(name: str) -> str:
     """Alias or timm name (optionally ``arch.tag``) -> timm name; unknown names raise :class:`ModelError`."""
-    if name.startswith(_TIMM_SOURCE_PREFIXES):
+    if name.startswith(TIMM_SOURCE_PREFIXES):
         return name
     for candidate in (name, name.lower()):
         if candidate in ALIASES:
@@ -183,7 +181,7 @@ def create_model(
     """Build a timm model (name or alias) with a fresh head; returns it with its :class:`ModelInfo`."""
     arch = resolve_name(name)
     size = _pair(img_size)
-    if pretrained and not name.startswith(_TIMM_SOURCE_PREFIXES) and not timm.is_model_pretrained(arch):
+    if pretrained and not name.startswith(TIMM_SOURCE_PREFIXES) and not timm.is_model_pretrained(arch):
         raise ModelError(
             f"timm has no pretrained weights for {arch!r}",
             hint="drop --pretrained to train it from random initialisation",
@@ -271,7 +269,7 @@ def _read_info(path: Path) -> ModelInfo:
         raise CheckpointError(
             f"weights file {path} has broken hardctl metadata: {e}", hint="re-export it"
         ) from None
-    known = info.arch.startswith(_TIMM_SOURCE_PREFIXES) or timm.is_model(timm.models.get_arch_name(info.arch))
+    known = info.arch.startswith(TIMM_SOURCE_PREFIXES) or timm.is_model(timm.models.get_arch_name(info.arch))
     if not known:
         raise CheckpointError(
             f"weights file {path} is for architecture {info.arch!r}, which this installation does not know",
@@ -280,7 +278,7 @@ def _read_info(path: Path) -> ModelInfo:
     return info
 
 
-def _load_file(path: Path, source: str) -> tuple[nn.Module, ModelInfo]:
+def load_weights_file(path: Path, source: str) -> tuple[nn.Module, ModelInfo]:
     info = _read_info(path)
     model, _ = create_model(
         info.arch, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.img_size
@@ -301,78 +299,10 @@ def _load_file(path: Path, source: str) -> tuple[nn.Module, ModelInfo]:
     return model, replace(info, source=source)
 
 
-def _looks_like_path(spec: str) -> bool:
-    if spec.startswith(_TIMM_SOURCE_PREFIXES):
-        return False
-    return "/" in spec or os.sep in spec or spec.endswith(".safetensors") or spec.startswith(("~", "."))
-
-
 def state_dict_mismatch(error: RuntimeError) -> str:
     """The gist of ``load_state_dict``'s error: torch lists every key over many lines; keep the first detail."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     return (lines[1] if len(lines) > 1 else (lines[0] if lines else ""))[:300]
-
-
-def load_model(
-    spec: str | os.PathLike[str],
-    *,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    img_size: int | Sequence[int] | None = None,
-    pretrained: bool = False,
-) -> tuple[nn.Module, ModelInfo]:
-    """Load a model from a spec: weights file, run directory, ``NAME:FILE``, or timm name/alias.
-
-    For files and run directories the architecture, head and input shape come from the file's
-    metadata and the keyword arguments are ignored; for names they are required. ``NAME:FILE`` takes
-    its head and input channels from the file and its input size from ``img_size``.
-    """
-    from hardctl.checkpoints import _load_named_file, split_named_file  # imports this module
-
-    text = os.fspath(spec)
-    path = Path(text).expanduser()
-    named_file = split_named_file(text)
-    if named_file is not None and not path.exists():  # an existing file whose name has a ":" stays a file
-        return _load_named_file(text, *named_file, num_classes, in_chans, img_size, pretrained)
-    if not _looks_like_path(text):
-        # a bare word is a model name unless it is unknown and a file or folder of that name exists:
-        # a known name wins over a same-named entry in the working directory
-        known = True
-        if path.exists():
-            try:
-                resolve_name(text)
-            except ModelError:
-                known = False
-        if known:
-            return _create_named(text, num_classes, in_chans, img_size, pretrained)
-    if path.is_dir():
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            raise ModelError(
-                f"{path} is a folder but not a hardctl run directory (no {WEIGHTS_NAME})",
-                hint="point at a run directory or a .safetensors file",
-            )
-        return _load_file(weights, f"run:{path}")
-    if path.is_file():
-        return _load_file(path, f"file:{path}")
-    raise ModelError(f"no such model file {path}", hint="check the path, or pass a timm model name")
-
-
-def _create_named(
-    name: str,
-    num_classes: int | None,
-    in_chans: int | None,
-    img_size: int | Sequence[int] | None,
-    pretrained: bool,
-) -> tuple[nn.Module, ModelInfo]:
-    given = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
-    unset = [k for k, v in given.items() if v is None]
-    if unset:
-        raise ValueError(f"building {name!r} by name needs {', '.join(unset)}")
-    assert num_classes is not None and in_chans is not None and img_size is not None
-    return create_model(
-        name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, pretrained=pretrained
-    )
 
 
 class InputNormalize(nn.Module):
@@ -404,58 +334,6 @@ class InputNormalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={tuple(self.mean.flatten().tolist())}, std={tuple(self.std.flatten().tolist())}"
-
-
-def check_compatible(role: str, spec: str, info: ModelInfo, num_classes: int, in_chans: int, data: str) -> None:
-    """A model loaded from a file must predict the data's classes from the data's channels."""
-    for what, have, want in (("classes", info.num_classes, num_classes), ("channels", info.in_chans, in_chans)):
-        if have != want:
-            verb = "predicts" if what == "classes" else "takes images with"
-            raise UsageError(f"{role} {spec} {verb} {have} {what} but data {data!r} has {want}",
-                             hint=f"use a {role} trained on this data")
-
-
-def check_accepts(role: str, spec: str, model: nn.Module, info: ModelInfo, images: torch.Tensor, data: str) -> None:
-    """One no-grad forward pass on a couple of real images, so a model built for another input size
-    fails now with a usage error instead of deep inside a matrix multiplication."""
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(InputNormalize(info.mean, info.std).to(images.device)(images))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:200]
-        raise UsageError(f"{role} {spec} cannot take {tuple(images.shape[1:])} images from {data!r}: {first}",
-                         hint=f"use a {role} built for this input size") from None
-    finally:
-        model.train(was_training)
-
-
-def load_for_data(
-    role: str,
-    spec: str,
-    *,
-    data: str,
-    num_classes: int,
-    in_chans: int,
-    img_size: tuple[int, int],
-    sample: torch.Tensor,
-    pretrained: bool = False,
-    require_trained: bool = False,
-) -> tuple[nn.Module, ModelInfo]:
-    """Load ``spec`` for data of the given shape, on ``sample``'s device, and check that it fits.
-
-    ``require_trained`` refuses a bare timm architecture without ``--pretrained`` (random weights make
-    no teacher and nothing worth evaluating). ``sample`` is a batch of real images from the data.
-    """
-    model, info = load_model(spec, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
-                             img_size=img_size)
-    if require_trained and info.source == "timm" and not pretrained:
-        raise UsageError(f"{role} {spec!r} is a bare architecture with random weights",
-                         hint="pass a run directory or .safetensors file, or add --pretrained")
-    check_compatible(role, spec, info, num_classes, in_chans, data)
-    model.to(sample.device)
-    check_accepts(role, spec, model, info, sample, data)
-    return model, info
 
 
 def describe(info: ModelInfo) -> str:
