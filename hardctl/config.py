@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from hardctl.atomic import atomic_path
 from hardctl.errors import UsageError, did_you_mean
 from hardctl.runfiles import CONFIG_FILE
 from hardctl.tomlio import read_toml
+from hardctl.values import check_value
 
 # RunConfig field -> HardDefaults field, for the HARD settings an augmentor gives defaults for.
 HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patience", "lambda_s": "lambda_s",
@@ -103,11 +105,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        """A config from typed values (``config.toml``, a recipe): an unknown key or a value of the wrong
+        type (``epochs = "ten"``) is a usage error naming the key."""
+        unknown = sorted(set(values) - set(FIELD_TYPES))
         if unknown:
-            raise UsageError(f"unknown config keys {unknown}", hint=f"known keys: {', '.join(sorted(known))}")
-        return cls(**values)
+            raise UsageError(f"unknown config keys {unknown}", hint=f"known keys: {', '.join(sorted(FIELD_TYPES))}")
+        return cls(**{key: check_value(value, FIELD_TYPES[key], f"config {key}") for key, value in values.items()})
 
     def validate(self) -> "RunConfig":
         from hardctl.distill.schedules import OPTIMIZERS, SCHEDULES
@@ -173,6 +176,8 @@ class RunConfig:
             raise UsageError(f"{run_dir} is not a hardctl run directory (no {CONFIG_FILE})")
         return cls.from_dict(read_toml(path).get("run", {}))
 
+
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)  # field -> its annotation, for hardctl.values
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` so that ``path`` holds either the old or the new content, never half of it."""

@@ -250,7 +250,7 @@ def test_eval_and_results_overrides(tmp_path):
     ("eval.root=/x", "[eval] has no setting 'root'"),
     ("eval.suites=imagenet-odd", "unknown evaluation suite 'imagenet-odd'"),
     ("eval.sets.imagenet-b=/x", "the suites read no set 'imagenet-b'"),
-    ("eval.batch_size=many", "eval.batch_size takes an integer"),
+    ("eval.batch_size=many", "eval.batch_size must be an integer"),
     ("results.reference=kdd", "[results] reference 'kdd' is no arm; did you mean 'kd'?"),
 ])
 def test_bad_eval_overrides_are_one_line_errors(cli, tmp_path, item, message):

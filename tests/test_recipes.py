@@ -320,13 +320,13 @@ def test_overrides_take_the_fields_types(tmp_path):
 
 
 @pytest.mark.parametrize("item, message", [
-    ("epochs=ten", "--set epochs=ten: epochs takes an integer, got 'ten'"),
-    ("lr=fast", "--set lr=fast: lr takes a number, got 'fast'"),
-    ("pretrained=maybe", "pretrained takes true or false"),
+    ("epochs=ten", "--set epochs=ten: epochs must be an integer, got 'ten'"),
+    ("lr=fast", "--set lr=fast: lr must be a number, got 'fast'"),
+    ("pretrained=maybe", "pretrained must be true or false"),
     ("lrr=0.1", "unknown setting 'lrr'; did you mean 'lr'?"),
     ("kdd.lr=0.1", "has no arm 'kdd'; did you mean 'kd'?"),
     ("seed=3", "the seed is set per seed (use --seeds)"),
-    ("hard.aug_options=3", "aug_options takes a table such as {sigma = 0.1}, got '3'"),
+    ("hard.aug_options=3", "aug_options must be a table such as {key = 1}, got '3'"),
     ("epochs=0", "arm 'teacher': --epochs must be at least 1"),
     ("noequals", "--set 'noequals' is not KEY=VALUE"),
 ])
@@ -355,7 +355,7 @@ def test_seeds_and_arms_from_the_command_line(cli, tmp_path):
         (["--seeds", "1,1"], "--seeds lists a seed twice: [1, 1]"),
         (["3"], "unexpected argument '3' (seeds go after --seeds: --seeds 0 1 2)"),
         (["--arms", "hardd"], "recipe 'tiny' has no arm 'hardd'; did you mean 'hard'?"),
-        (["--set", "epochs=x"], "--set epochs=x: epochs takes an integer, got 'x'"),
+        (["--set", "epochs=x"], "--set epochs=x: epochs must be an integer, got 'x'"),
     ]:
         result = cli("recipes", "run", path, "--out", tmp_path / "out", *args)
         assert result.code == 2, (args, result.err)

@@ -110,7 +110,7 @@ def test_run_recipe_applies_overrides_and_seeds(tmp_path):
 @pytest.mark.parametrize("overrides, words", [
     ({"iteratons": 10}, ["unknown", "'iterations'"]),
     ({"l_mni": 0.1}, ["'l_min'"]),
-    ({"width": 1.5}, ["width", "wrong type"]),
+    ({"width": 1.5}, ["width", "must be an integer"]),
     ({"l_min": 0.5, "l_max": 0.1}, ["l_min", "below l_max"]),
     ({"train_ranges": [[1, 0]]}, ["train_ranges"]),
 ])

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from hardctl.config import key_value_pairs
 from hardctl.errors import UsageError, did_you_mean
+from hardctl.values import parse_value as parse_typed
 from hardctl.recipes.sections import EVAL_KEYS, RESULTS_KEYS
 from hardctl.recipes.spec import ARM_OWN_KEYS, PER_SEED, RESERVED_IDS, RUN_FIELDS, Recipe, parse_recipe, parse_value
 
@@ -115,10 +116,7 @@ def _override_section(raw: dict[str, Any], key: str, text: str) -> None:
     elif unset:
         table.pop(name, None)
     elif name in ("batch_size", "workers"):
-        try:
-            table[name] = int(text.strip())
-        except ValueError:
-            raise UsageError(f"{where}: {section}.{name} takes an integer, got {text!r}") from None
+        table[name] = parse_typed(text, int, f"{where}: {section}.{name}")
     else:
         table[name] = text.strip()
 

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from hardctl import tomlio
-from hardctl.config import RunConfig
+from hardctl import tomlio, values
+from hardctl.config import FIELD_TYPES, RunConfig
 from hardctl.errors import UsageError, did_you_mean
 from hardctl.recipes.sections import EvalSpec, ResultsSpec, _check_keys, _parse_eval, _parse_results, _table
 
@@ -34,7 +31,6 @@ RESERVED_IDS = ("eval", "results")  # --set eval.KEY / results.KEY address these
 ARM_OWN_KEYS = ("id", "label")
 PER_SEED = "seed"  # set by the runner for every seed, never by a recipe
 RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != PER_SEED)
-FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
 IGNORED_FOR_REUSE = ("log_every",)  # how a run is watched, not what it computes
 ARM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 RESULTS_JSON, RESULTS_MD, RESOLVED_RECIPE = "results.json", "results.md", "recipe.toml"
@@ -119,71 +115,14 @@ class Recipe:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-def _type_name(tp: Any) -> str:
-    base = _base_type(tp)
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            dict: "a table"}.get(base, str(tp))
-
-
-def _base_type(tp: Any) -> Any:
-    """``int | None`` -> int, ``dict[str, Any]`` -> dict."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0])
-    return origin or tp
-
-
-def _optional(tp: Any) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
-
-
 def check_value(key: str, value: Any, where: str) -> Any:
-    """``value`` for RunConfig field ``key`` with the field's type (ints are accepted for floats)."""
-    tp = FIELD_TYPES[key]
-    base = _base_type(tp)
-    if value is None and _optional(tp):
-        return None
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-        dict: isinstance(value, dict),
-    }.get(base, True)
-    if not ok:
-        raise UsageError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
-    return float(value) if base is float else value
+    """``value`` (from TOML) for RunConfig field ``key``, checked against the field's type (see :mod:`hardctl.values`)."""
+    return values.check_value(value, FIELD_TYPES[key], f"{where}: {key}")
 
 
 def parse_value(key: str, text: str, where: str) -> Any:
-    """A ``--set`` string for RunConfig field ``key``, converted to the field's type."""
-    tp = FIELD_TYPES[key]
-    base = _base_type(tp)
-    stripped = text.strip()
-    if _optional(tp) and stripped.lower() in ("none", "null", ""):
-        return None
-    try:
-        if base is bool:
-            words = {"true": True, "yes": True, "on": True, "1": True,
-                     "false": False, "no": False, "off": False, "0": False}
-            return words[stripped.lower()]
-        if base is int:
-            return int(stripped)
-        if base is float:
-            value = float(stripped)
-            if not math.isfinite(value):
-                raise ValueError(stripped)
-            return value
-        if base is dict:
-            value = tomlio.loads(f"value = {stripped}")["value"]
-            if not isinstance(value, dict):
-                raise ValueError(stripped)
-            return value
-    except (KeyError, ValueError, tomlio.TOMLDecodeError):
-        example = {dict: " such as {sigma = 0.1}"}.get(base, "")
-        raise UsageError(f"{where}: {key} takes {_type_name(tp)}{example}, got {text!r}") from None
-    return text
+    """A ``--set`` string for RunConfig field ``key``, converted to the field's type (``none``: unset)."""
+    return values.parse_value(text, FIELD_TYPES[key], f"{where}: {key}")
 
 
 def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe") -> Recipe:
