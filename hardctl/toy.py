@@ -42,6 +42,7 @@ import json
 import math
 import re
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ from hardctl.distill.hard import Hard, HardSettings
 from hardctl.distill.losses import hard_objective
 from hardctl.distill.phases import AUGMENTOR, STUDENT
 from hardctl.errors import UsageError, did_you_mean
+from hardctl.stats import mean_sem
+from hardctl.values import parse_value
 
 __all__ = ["ARMS", "ToySettings", "make_student", "run_arm", "run_recipe", "run_toy", "settings_from",
            "test_inputs", "train_inputs"]
@@ -270,13 +273,6 @@ def _run_arm(arm: str, seed: int, s: ToySettings) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- all runs
-def _sem(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-
-
 def run_toy(settings: ToySettings | None = None, out_dir: str | Path = "toy", *, seeds: list[int] | None = None,
             arms: list[str] | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``arms`` × ``seeds`` and write ``toy.png``, ``results.json`` and ``results.md`` into ``out_dir``.
@@ -311,7 +307,8 @@ def run_toy(settings: ToySettings | None = None, out_dir: str | Path = "toy", *,
     table = {}
     for arm in arms:
         mses = [r["mse"] for r in runs[arm]]
-        table[arm] = {"mean": sum(mses) / len(mses), "sem": _sem(mses), "mse": mses}
+        stat = mean_sem(mses)
+        table[arm] = {"mean": stat["mean"], "sem": stat["sem"] or 0.0, "mse": mses}  # one seed: s.e.m. 0
     ordering = seeds_won = None
     if {"baseline", "hard"} <= set(arms):
         means = {arm: table[arm]["mean"] for arm in arms}
@@ -418,37 +415,12 @@ def _draw(path: Path, s: ToySettings, runs: dict[str, list[dict[str, Any]]], tab
 _FIELDS = {f.name: f for f in dataclasses.fields(ToySettings)}
 
 
+_TYPES = typing.get_type_hints(ToySettings)
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
-    """A TOML or command-line value for ToySettings field ``name``, converted and checked."""
-    default = getattr(ToySettings(), name)
-    if isinstance(value, str) and not isinstance(default, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise UsageError(f"{where} {name}={value!r} is not a valid value",
-                             hint=f"expected something like {json.dumps(_jsonable(default))}") from None
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, tuple):
-        ok = isinstance(value, (list, tuple))
-        if ok and name == "train_ranges":
-            ok = all(isinstance(r, (list, tuple)) and len(r) == 2 and
-                     all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r) for r in value)
-            value = tuple((float(r[0]), float(r[1])) for r in value) if ok else value
-        elif ok:
-            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            value = tuple(value) if ok else value
-    else:
-        ok = True
-    if not ok:
-        raise UsageError(f"{where} {name}={value!r} has the wrong type",
-                         hint=f"expected something like {json.dumps(_jsonable(default))}")
-    return value
+    """A TOML or command-line value for ToySettings field ``name``, converted and checked (:mod:`hardctl.values`)."""
+    return parse_value(value, _TYPES[name], f"{where} {name}")
 
 
 def settings_from(values: dict[str, Any], *, base: ToySettings | None = None,

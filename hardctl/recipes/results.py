@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from hardctl.atomic import atomic_path
 from hardctl.config import RunConfig
 from hardctl.errors import HardctlError
 from hardctl.runfiles import LAST_CHECKPOINT, SUMMARY_FILE
+from hardctl.stats import mean_sem
 from hardctl.recipes.spec import IGNORED_FOR_REUSE, RESOLVED_RECIPE, RESULTS_JSON, RESULTS_MD, Arm, Recipe
 
 # ---------------------------------------------------------------------------------------------- running
@@ -62,13 +62,6 @@ def _resumable(run_dir: Path, epochs: int) -> bool:
     except (HardctlError, KeyError, TypeError, ValueError):
         return False  # damaged: train it again
 
-
-
-def mean_sem(values: list[float]) -> dict[str, Any]:
-    n = len(values)
-    mean = statistics.fmean(values) if values else None
-    sem = statistics.stdev(values) / math.sqrt(n) if n >= 2 else None
-    return {"mean": mean, "sem": sem, "n": n, "values": values}
 
 
 def format_mean_sem(stat: dict[str, Any] | None, digits: int = 1) -> str:
