@@ -120,6 +120,8 @@ class RunConfig:
             if value not in choices:
                 raise UsageError(f"unknown {flag} {value!r}{did_you_mean(str(value).lower(), choices)}",
                                  hint=f"choose {', '.join(choices[:-1])} or {choices[-1]}")
+        thresholds = (threshold_problem(self.l_min, self.l_max, names=("--l-min", "--l-max"))
+                      if self.l_min is not None and self.l_max is not None else None)
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
@@ -145,8 +147,7 @@ class RunConfig:
             (self.max_aug_steps >= 1, "--max-aug-steps must be at least 1"),
             (self.l_min is None or 0 <= self.l_min <= 1, "--l-min must be an error rate in [0, 1]"),
             (self.l_max is None or 0 <= self.l_max <= 1, "--l-max must be an error rate in [0, 1]"),
-            (self.l_min is None or self.l_max is None or self.l_min < self.l_max,
-             f"--l-min ({self.l_min}) must be below --l-max ({self.l_max})"),
+            (thresholds is None, thresholds),
             (self.switch_patience is None or self.switch_patience >= 1, "--switch-patience must be at least 1"),
             (self.lambda_s is None or self.lambda_s >= 0, "--lambda-s must be >= 0"),
             (self.lambda_t is None or self.lambda_t >= 0, "--lambda-t must be >= 0"),
@@ -176,6 +177,21 @@ class RunConfig:
             raise UsageError(f"{run_dir} is not a hardctl run directory (no {CONFIG_FILE})")
         return cls.from_dict(read_toml(path).get("run", {}))
 
+
+
+def threshold_problem(l_min: float, l_max: float, *, names: tuple[str, str] = ("l_min", "l_max")) -> str | None:
+    """What is wrong with HARD's switching thresholds (``0 <= l_min < l_max``), or None; ``names`` are how
+    the caller's user spells them (``--l-min`` here, ``l_min`` in the toy's settings).
+
+    The one user-facing check of the thresholds: :class:`hardctl.distill.phases.PhaseSwitch` asserts the
+    same rule with a ValueError, as an invariant of the engine for callers that bypass the configuration.
+    """
+    low, high = names
+    if l_min < 0:
+        return f"{low} ({l_min}) must be >= 0"
+    if not l_min < l_max:
+        return f"{low} ({l_min}) must be below {high} ({l_max})"
+    return None
 
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)  # field -> its annotation, for hardctl.values
 

@@ -73,3 +73,13 @@ def test_runconfig_from_dict_checks_every_type_and_names_the_key():
         with pytest.raises(UsageError, match=f"^{message}") as exc:
             RunConfig.from_dict(values)
         assert exc.value.exit_code == 2
+
+
+def test_switch_thresholds_are_checked_once_for_every_caller():
+    from hardctl.config import threshold_problem
+
+    assert threshold_problem(0.1, 0.3) is None
+    assert threshold_problem(0.5, 0.4, names=("--l-min", "--l-max")) == "--l-min (0.5) must be below --l-max (0.4)"
+    assert threshold_problem(-0.1, 0.4) == "l_min (-0.1) must be >= 0"
+    with pytest.raises(UsageError, match=r"^--l-min \(0.3\) must be below --l-max \(0.3\)$"):
+        RunConfig(command="distill", teacher="t", l_min=0.3, l_max=0.3).validate()
