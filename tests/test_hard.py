@@ -117,6 +117,8 @@ def test_hard_run_switches_saves_a_pool_and_resumes_identically(tmp_path, digits
                     switch_patience=1, max_aug_steps=5, aug_batch_size=64, **{**SMALL, "epochs": 2})
     straight = run(cfg, tmp_path / "straight")
     hard = straight["hard"]
+    assert [p["name"] for p in straight["plugins"]["augmentor"]] == ["affine"]
+    assert straight["plugins"]["augmentor"][0]["plugin"] == "builtin_augmentors"
     assert hard["switches"] >= 2 and hard["pool_size"] == 1 + hard["switches"] // 2  # one entry per return
     assert len(pool_files(tmp_path / "straight")) == hard["pool_size"]
     assert 0 < hard["aug_fraction"] < 1 and set(hard["time_s"]) == {"student", "augmentor"}

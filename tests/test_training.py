@@ -41,6 +41,8 @@ def test_run_directory_has_every_artifact(tmp_path):
     assert meta["arch"] == "hard_mnist_mlp" and meta["num_classes"] == "10" and meta["data"] == "digits"
     assert RunConfig.load(run_dir) == RunConfig(command="train", **TINY)
     assert summary["student"]["test_acc"] > 60  # 3 epochs of an MLP on digits already learn something
+    assert summary["plugins"]["data"]["plugin"] == "builtin_datasets"  # who supplied the data set
+    assert summary["plugins"]["data"]["distribution"] == "hardctl" and "augmentor" not in summary["plugins"]
 
 
 def test_distill_checkpoint_never_contains_the_teacher(tmp_path, digits_teacher):

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hardctl.data import ImageDatasets
-from hardctl.data.formats import _folder
+from hardctl.data.formats import data_folder
 from hardctl.errors import DataError
 
 __all__ = [
@@ -122,7 +122,7 @@ def load_imagefolder_dataset(arg: str | None) -> ImageDatasets:
         raise DataError("imagefolder needs a folder", hint="use --data imagefolder:DIR")
     from PIL import Image, UnidentifiedImageError
 
-    folder = _folder(arg, "imagefolder")
+    folder = data_folder(arg, "imagefolder")
     test_dir = next((folder / s for s in ("val", "test") if (folder / s).is_dir()), None)
     if not (folder / "train").is_dir() or test_dir is None:
         raise DataError(

@@ -66,7 +66,7 @@ CIFAR10_HINT = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu
                 "into DIR and pass --data cifar10:DIR")
 
 
-def _folder(arg: str, name: str, hint: str | None = None) -> Path:
+def data_folder(arg: str, name: str, hint: str | None = None) -> Path:
     folder = Path(arg).expanduser()
     if not folder.is_dir():
         raise DataError(f"{name}: no such folder {folder}", hint=hint or f"pass an existing folder as {name}:DIR")
@@ -244,7 +244,7 @@ def load_mnist_dataset(arg: str | None) -> ImageDatasets:
     if arg is None:
         raise DataError("mnist needs a folder", hint="use --data mnist:DIR")
     hint = "download the four MNIST IDX files into that folder"
-    folder = _folder(arg, "mnist", MNIST_HINT)
+    folder = data_folder(arg, "mnist", MNIST_HINT)
     return _load_idx_set("mnist", folder, ("MNIST/raw",), [str(d) for d in range(10)], hint)
 
 
@@ -256,7 +256,7 @@ def load_fashion_mnist_dataset(arg: str | None = None) -> ImageDatasets:
         if not folder.is_dir():
             raise DataError(f"fashion-mnist: no folder {folder}", hint=hint)
     else:
-        folder = _folder(arg, "fashion-mnist")
+        folder = data_folder(arg, "fashion-mnist")
         hint = "download the four Fashion-MNIST IDX files into that folder"
     return _load_idx_set("fashion-mnist", folder, ("FashionMNIST/raw",), FASHION_MNIST_CLASSES, hint)
 
@@ -330,7 +330,7 @@ def _unpickle(path: Path) -> dict:
     return obj
 
 
-def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(path)
     data, labels = batch.get(b"data"), batch.get(b"labels")
     shape_ok = isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[1] == 3 * 32 * 32
@@ -353,7 +353,7 @@ def load_cifar10_dataset(arg: str | None) -> ImageDatasets:
     """CIFAR-10 from the python batches in ``DIR`` or ``DIR/cifar-10-batches-py``."""
     if arg is None:
         raise DataError("cifar10 needs a folder", hint="use --data cifar10:DIR")
-    folder = _folder(arg, "cifar10", CIFAR10_HINT)
+    folder = data_folder(arg, "cifar10", CIFAR10_HINT)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     layouts = (folder, folder / "cifar-10-batches-py")  # the tarball extracts into the latter
     found = next((d for d in layouts if all((d / n).is_file() for n in names)), None)
@@ -363,8 +363,8 @@ def load_cifar10_dataset(arg: str | None) -> ImageDatasets:
             f"cifar10: no {', '.join(missing)} in {folder}",
             hint="extract cifar-10-python.tar.gz into that folder",
         )
-    train = [_cifar_batch(found / n) for n in names[:-1]]
-    test_x, test_y = _cifar_batch(found / "test_batch")
+    train = [read_cifar_batch(found / n) for n in names[:-1]]
+    test_x, test_y = read_cifar_batch(found / "test_batch")
     train_x, train_y = np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train])
     classes = list(CIFAR10_CLASSES)
     if (found / "batches.meta").is_file():

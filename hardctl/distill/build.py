@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hardctl.augment import build_augmentor
+from hardctl import plugins
+from hardctl.augment import build_augmentor, split_name
 from hardctl.config import RunConfig
-from hardctl.data import DataBundle, load_data
+from hardctl.data import DataBundle, load_data, parse_spec
 from hardctl.data.mixing import build_mixer
 from hardctl.data.transforms import augmented_train
 from hardctl.device import select_amp, select_device
@@ -39,6 +40,7 @@ class Components:
     notes: list[str] = field(default_factory=list)
     augmentor: nn.Module | None = None  # HARD's learned augmentor (distill with --augmentor)
     mixer: Any = None  # --mixup/--cutmix: (images, labels) -> (mixed images, soft targets), per training batch
+    provenance: dict[str, Any] = field(default_factory=dict)  # which plugin (and version) supplied data, augmentor
 
 
 def build(cfg: RunConfig) -> Components:
@@ -83,4 +85,13 @@ def build(cfg: RunConfig) -> Components:
         notes.append(f"augmentor: {cfg.augmentor} {cfg.aug_options}")
     task.to(device)
     return Components(cfg, data, task, student_info, teacher_info, device, select_amp(cfg.amp, device), notes,
-                      augmentor, mixer)
+                      augmentor, mixer, provenance(cfg))
+
+
+def provenance(cfg: RunConfig) -> dict[str, Any]:
+    """Which plugin and version supplied the run's data set and each part of its augmentor (for summary.json):
+    a third-party package may register data sets and augmentors, and a result should say whose code made it."""
+    supplied: dict[str, Any] = {"data": plugins.provenance("datasets", parse_spec(cfg.data)[0])}
+    if cfg.uses_hard:
+        supplied["augmentor"] = [plugins.provenance("augmentors", part) for part in split_name(cfg.augmentor)]
+    return supplied

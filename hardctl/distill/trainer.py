@@ -374,6 +374,7 @@ class Trainer:
                         "test_acc": self.evaluate(data.test)["acc"],
                         "shifted_acc": self.evaluate(data.shifted_test)["acc"]},
             "run_dir": str(self.run_dir),
+            "plugins": self.parts.provenance,
         }
         if isinstance(self.scheduler, PlateauSchedule):
             summary["lr_decays"] = self.scheduler.decays

@@ -130,7 +130,7 @@ def cifar10_suite(data_spec=None, *, data_root=None, sets=None, shift_px=None, s
     found = Locator(data_root, sets).find(SOURCES["cifar10"])
     if found.path is None:
         return [_skipped(n, found.reason, 3, (32, 32)) for n in ("cifar10", "cifar10-shifted")]
-    images, labels = formats._cifar_batch(found.path / "test_batch")  # uint8 N×3×32×32, int64 labels
+    images, labels = formats.read_cifar_batch(found.path / "test_batch")  # uint8 N×3×32×32, int64 labels
     _labels(labels, found.path / "test_batch", len(images), "cifar10")
     test = _set("cifar10", TensorImages(torch.from_numpy(images), torch.from_numpy(labels)), "CIFAR-10 test batch",
                 3, (32, 32), found.path, expected_images=10_000)
