@@ -4,18 +4,24 @@ installed with pip and run through its entry point, and in-process plugins that 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import listed_plugins, pip_install_target, run_subprocess
 
+import hardctl
 from hardctl import hookimpl, plugins
-from hardctl.augment import Augmentor, build_augmentor
-from hardctl.augment.pool import pool_files, read_entry
+from hardctl.augment import (Augmentor, AugmentorPool, AugmentorSpec, HardDefaults, Option, build_augmentor,
+                             check_options)
+from hardctl.augment.pool import POOL_DIR, pool_files, read_entry
 from hardctl.config import RunConfig
-from hardctl.errors import UsageError
+from hardctl.errors import TrainingError, UsageError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hardctl-brightness"
 # Small and quick: one epoch of digits (21 student steps), tiny augmentor batches.
@@ -214,3 +220,232 @@ def test_bad_augmentor_names_and_options_are_one_line_usage_errors(args, message
 def test_option_validation_happens_before_the_plugin_constructor_runs(inprocess_plugins):
     with pytest.raises(UsageError, match="out of range"):
         build_augmentor("brightness", {"bias_sigma_init": 0.9}, in_chans=1, img_size=(8, 8))
+
+
+# ------------------------------------------------------------------------------------ the contract's checks
+class _OldStyle(Augmentor):
+    """Written against the old contract: ``apply(x, params)`` instead of ``apply_transform``."""
+
+    def __init__(self, *, in_chans, img_size):
+        super().__init__(in_chans=in_chans, img_size=img_size)
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def apply(self, x, params):
+        return x * self.weight
+
+
+class _JointGain(_Shrink):
+    """A phases augmentor by its class attribute, registered below as joint too."""
+
+    options = (Option("gain", float, 1.0, "initial gain"),)
+    teacher_term = True
+
+    def __init__(self, *, in_chans, img_size, gain=1.0):
+        super().__init__(in_chans=in_chans, img_size=img_size)
+        with torch.no_grad():
+            self.weight.fill_(gain)
+
+    def apply_transform(self, x, params):
+        return (x * self.weight).clamp(0, 1)
+
+
+class _DisagreeingDefault(_JointGain):
+    options = (Option("gain", float, 2.0, "the Option says 2, the constructor 1"),)
+
+
+class _UnknownKeyword(_JointGain):
+    options = (Option("gain", float, 1.0, "initial gain"), Option("gian", float, 1.0, "a typo of gain"))
+
+
+def _function_factory(calls: list):
+    """A plain function as factory (no class attributes): it records what it was called with."""
+
+    def make(*, in_chans, img_size, **options):
+        calls.append(options)
+        return _JointGain(in_chans=in_chans, img_size=img_size, gain=options["gain"])
+
+    return make
+
+
+class _ContractPlugin:
+    def __init__(self):
+        self.calls: list = []
+
+    @hookimpl
+    def register_augmentors(self, register):
+        register("old-style", _OldStyle, help="defines apply(x, params)")
+        register("plain-module", lambda *, in_chans, img_size: torch.nn.Conv2d(in_chans, in_chans, 1),
+                 help="a bare nn.Module")
+        register("gain", _JointGain, help="phases, by the class")
+        register("gain-joint", _JointGain, help="the same class, joint by its registration", teacher_term=False,
+                 hard_defaults=HardDefaults(lr=0.003))
+        register("disagreeing", _DisagreeingDefault, help="Option default 2.0, constructor default 1.0")
+        register("unknown-keyword", _UnknownKeyword, help="an Option the constructor does not take")
+        register("function", _function_factory(self.calls), help="a function factory",
+                 options=(Option("gain", float, 0.5, "initial gain"),), teacher_term=False)
+
+
+@pytest.fixture
+def contract_plugin():
+    plugins.reload()
+    plugin = _ContractPlugin()
+    plugins.manager.register(plugin, "contract")
+    yield plugin
+    plugins.reload()
+
+
+def test_module_apply_is_torchs_again_for_augmentors_and_compositions():
+    for name in ("affine", "noise+affine"):
+        aug = build_augmentor(name, {}, in_chans=1, img_size=(8, 8))
+        visited = []
+
+        def init(module):
+            visited.append(type(module).__name__)
+            if hasattr(module, "log_std"):
+                torch.nn.init.constant_(module.log_std, -3.0)
+
+        assert torch.nn.Sequential(aug).apply(init)[0] is aug  # used to raise TypeError: apply(x, params)
+        assert "AffineAugmentor" in visited and visited[-1] == "Sequential"
+        affine = aug if name == "affine" else aug.parts[1]
+        assert affine.log_std.tolist() == [-3.0] * 6
+
+
+@pytest.mark.parametrize("name, message", [
+    ("old-style", "augmentor 'old-style' (plugin contract) defines _OldStyle.apply(x, params), which hardctl now "
+                  "calls apply_transform (rename it to apply_transform; apply is torch's nn.Module.apply(fn))"),
+    ("plain-module", "augmentor 'plain-module' (plugin contract) built a Conv2d, not a hardctl.augment.Augmentor "
+                     "(subclass hardctl.augment.Augmentor: the pool calls snapshot() and forward_with())"),
+    ("disagreeing", "augmentor 'disagreeing' (plugin contract) declares option gain=2.0 but its constructor's "
+                    "default is 1.0 (make the Option and the keyword default agree)"),
+    ("unknown-keyword", "augmentor 'unknown-keyword' (plugin contract) declares option 'gian', which its "
+                        "constructor does not take (its keywords: gain)"),
+])
+def test_a_factory_breaking_the_contract_is_refused_when_built(name, message, contract_plugin):
+    with pytest.raises(TrainingError) as err:
+        build_augmentor(f"affine+{name}", {}, in_chans=1, img_size=(8, 8))
+    assert str(err.value) == message and err.value.exit_code == 1
+
+
+def test_every_builtin_option_matches_its_constructor_keyword():
+    plugins.reload()
+    specs = [AugmentorSpec.from_entry(e) for e in plugins.augmentors]
+    assert {s.name for s in specs} == {"affine", "mix", "noise"}
+    for spec in specs:
+        check_options(spec)  # raises on a disagreement
+        keywords = inspect.signature(spec.factory).parameters
+        declared = {o.name: o.default for o in spec.options}
+        constructor = {k: p.default for k, p in keywords.items() if k not in ("in_chans", "img_size")}
+        assert declared == constructor, spec.name  # every keyword is an Option, with the same default
+
+
+def test_the_registration_is_the_one_source_of_teacher_term(contract_plugin, cli):
+    phases = build_augmentor("gain", {}, in_chans=1, img_size=(8, 8))
+    joint = build_augmentor("gain-joint", {}, in_chans=1, img_size=(8, 8))
+    assert type(joint) is _JointGain and _JointGain.teacher_term is True  # the class says phases ...
+    assert phases.teacher_term is True and joint.teacher_term is False  # ... the registration decides
+    assert getattr(joint, "teacher_term", True) is False  # what the HARD engine reads
+    assert joint.hard_defaults.lr == 0.003 and phases.hard_defaults == HardDefaults()
+    assert build_augmentor("gain+gain-joint", {}, in_chans=1, img_size=(8, 8)).teacher_term is False
+    assert build_augmentor("gain+affine", {}, in_chans=1, img_size=(8, 8)).teacher_term is True
+    result = cli("plugins", "--augmentors", "--json")
+    rows = {r["name"]: r for r in json.loads(result.out)}
+    assert rows["gain"]["mode"] == "phases" and rows["gain-joint"]["mode"] == "joint"
+    assert rows["gain-joint"]["hard_defaults"]["lr"] == 0.003 and rows["function"]["mode"] == "joint"
+
+
+def test_the_option_default_is_what_a_factory_receives(contract_plugin):
+    aug = build_augmentor("function", {}, in_chans=1, img_size=(8, 8))
+    assert contract_plugin.calls == [{"gain": 0.5}] and float(aug.weight.detach()) == 0.5 and aug.teacher_term is False
+    build_augmentor("function", {"gain": "0.25"}, in_chans=1, img_size=(8, 8))
+    assert contract_plugin.calls[-1] == {"gain": 0.25}
+
+
+# ------------------------------------------------------------------------------------ compositions
+def test_a_composition_samples_each_part_on_its_input_and_replays_the_draw():
+    combo = build_augmentor("noise+affine", {"noise.sigma_init": "0.2", "affine.sigma_init": "0.2"}, in_chans=1,
+                            img_size=(8, 8))
+    x = torch.rand(4, 1, 8, 8)
+    torch.manual_seed(3)
+    params = combo.sample_params(x)
+    assert set(params) == {"parts.0.eps", "parts.1.theta"} and params["parts.1.theta"].shape == (4, 2, 3)
+    out = combo.apply_transform(x, params)
+    torch.manual_seed(3)
+    assert torch.equal(combo(x), out)  # forward draws the same, in the same order
+    assert torch.equal(combo.parts[1].apply_transform(combo.parts[0].apply_transform(x, {"eps": params["parts.0.eps"]}),
+                                                      {"theta": params["parts.1.theta"]}), out)
+    snapshot = combo.snapshot()
+    with torch.no_grad():
+        combo.parts[0].mu.fill_(0.3)
+        assert not torch.allclose(combo.apply_transform(x, params), out)
+        assert torch.equal(combo.forward_with(snapshot, x, params), out)  # the old snapshot, the same draw
+        combo.restore(snapshot)
+        assert torch.equal(combo.apply_transform(x, params), out)
+
+
+class _Shifted(Augmentor):
+    """Keeps part of its pool state in a buffer, so it overrides snapshot/restore/forward_with (README §8)."""
+
+    def __init__(self, *, in_chans, img_size):
+        super().__init__(in_chans=in_chans, img_size=img_size)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.register_buffer("shift", torch.zeros(()))
+
+    def apply_transform(self, x, params):
+        return (x * self.scale + self.shift).clamp(0, 1)
+
+    def snapshot(self):
+        return {**super().snapshot(), "shift": self.shift.detach().clone()}
+
+    def restore(self, snapshot):
+        state = {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        with torch.no_grad():
+            for name in self.snapshot():
+                state[name].copy_(snapshot[name])
+
+    def forward_with(self, snapshot, x, params=None):
+        saved = self.snapshot()
+        self.restore(snapshot)
+        try:
+            return self.apply_transform(x, params if params is not None else self.sample_params(x))
+        finally:
+            self.restore(saved)
+
+
+class _ShiftedPlugin:
+    @hookimpl
+    def register_augmentors(self, register):
+        register("shifted", _Shifted, help="state in a buffer")
+
+
+def test_a_composition_in_the_pool_keeps_each_parts_own_snapshot(tmp_path):
+    plugins.reload()
+    plugins.manager.register(_ShiftedPlugin(), "shifted")
+    try:
+        combo = build_augmentor("shifted+noise", {"noise.sigma_init": "1e-6"}, in_chans=1, img_size=(4, 4))
+        pool = AugmentorPool(combo, tmp_path / POOL_DIR)
+        with torch.no_grad():
+            combo.parts[0].shift.fill_(0.25)
+        pool.add(reason="start")
+        saved, _ = read_entry(pool_files(tmp_path)[0])
+        assert set(saved) == {"parts.0.scale", "parts.0.shift", "parts.1.mu", "parts.1.log_sigma"}
+        assert float(saved["parts.0.shift"]) == 0.25  # the part's buffer, which the base snapshot would miss
+        with torch.no_grad():
+            combo.parts[0].shift.fill_(0.75)
+            out = pool.augment(0, torch.zeros(2, 1, 4, 4))
+        assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-4)  # augmented as the saved entry
+        assert float(combo.parts[0].shift) == 0.75  # and the module left as it was
+    finally:
+        plugins.reload()
+
+
+def test_provenance_of_the_installed_example(brightness_site):
+    code = ("import json; from hardctl import plugins; "
+            "print(json.dumps([plugins.provenance('augmentors', n) for n in ('brightness', 'affine')]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(brightness_site)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    brightness, affine = json.loads(proc.stdout)
+    assert brightness == {"name": "brightness", "plugin": "brightness", "distribution": "hardctl-brightness",
+                          "version": "0.1.0"}
+    assert affine == {"name": "affine", "plugin": "builtin_augmentors", "distribution": "hardctl",
+                      "version": hardctl.__version__}

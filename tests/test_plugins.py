@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import listed_plugins, pip_install_target, run_subprocess
+
+import hardctl
 from hardctl import hookimpl, plugins
+from hardctl.errors import UsageError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hardctl-squares"
 
@@ -119,3 +122,135 @@ def test_unknown_registry_name_suggests_the_closest():
         plugins.datasets.get("fashion-mnst")
     assert "did you mean 'fashion-mnist'" in str(exc.value)
     assert exc.value.exit_code == 2
+
+
+# ------------------------------------------------------------------------------------ built-ins always win
+class _Impostor:
+    """Registers built-in names, and asks pluggy to be called first: neither gets it the names."""
+
+    __version__ = "9.9"
+
+    @staticmethod
+    @hookimpl(tryfirst=True)
+    def register_augmentors(register):
+        register("affine", object, help="an impostor affine")
+        register("impostor-only", object, help="a name of its own")
+
+    @staticmethod
+    @hookimpl(tryfirst=True)
+    def register_datasets(register):
+        register("digits", object, help="an impostor digits")
+
+
+@pytest.fixture
+def impostor():
+    plugins.reload()
+    plugins.manager.register(_Impostor, name="impostor")
+    yield
+    plugins.reload()
+
+
+def test_a_plugin_cannot_replace_a_builtin_name(impostor):
+    with pytest.warns(plugins.PluginWarning) as caught:
+        assert plugins.augmentors.get("affine").plugin == "builtin_augmentors"
+        assert plugins.datasets.get("digits").plugin == "builtin_datasets"
+    assert sorted(str(w.message) for w in caught) == [
+        "augmentor 'affine' from plugin 'impostor' clashes with the built-in one from 'builtin_augmentors'; "
+        "keeping the built-in",
+        "data set 'digits' from plugin 'impostor' clashes with the built-in one from 'builtin_datasets'; "
+        "keeping the built-in"]
+    assert plugins.augmentors.get("impostor-only").plugin == "impostor"
+    assert plugins.provenance("augmentors", "impostor-only") == {
+        "name": "impostor-only", "plugin": "impostor", "distribution": None, "version": "9.9"}
+
+
+def test_strict_mode_makes_a_clash_with_a_builtin_an_error(impostor, monkeypatch):
+    monkeypatch.setenv(plugins.STRICT_ENV, "1")
+    with pytest.raises(RuntimeError, match="'affine' from plugin 'impostor' clashes with the built-in one"):
+        plugins.augmentors.names()
+
+
+@pytest.fixture(scope="module")
+def impostor_site(tmp_path_factory) -> Path:
+    """A distribution listed before hardctl on sys.path that registers 'affine' and even names an entry point
+    ``builtin_augmentors``: its module belongs to another distribution, so it is not a built-in."""
+    site = tmp_path_factory.mktemp("impostor")
+    info = site / "hardctl_impostor-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hardctl-impostor\nVersion: 2.0\n")
+    (info / "entry_points.txt").write_text("[hardctl]\naaa_impostor = hardctl_impostor\n"
+                                           "builtin_augmentors = hardctl_impostor\n")
+    (site / "hardctl_impostor.py").write_text(
+        "from hardctl import hookimpl\n\n"
+        "@hookimpl\ndef register_augmentors(register):\n"
+        "    register('affine', object, help='impostor')\n")
+    return site
+
+
+def test_builtins_win_whatever_the_entry_point_order(impostor_site):
+    result = run_subprocess("plugins", "--augmentors", "--json", env={"PYTHONPATH": str(impostor_site)})
+    assert result.code == 0, result.err
+    rows = {r["name"]: r for r in json.loads(result.out)}
+    assert rows["affine"]["plugin"] == "builtin_augmentors" and rows["affine"]["options"]
+    assert ("hardctl: warning: augmentor 'affine' from plugin 'aaa_impostor' clashes with the built-in one from "
+            "'builtin_augmentors'; keeping the built-in") in result.err.splitlines()
+    listed = {p["name"]: p for p in json.loads(run_subprocess(
+        "plugins", "--json", env={"PYTHONPATH": str(impostor_site)}).out)}
+    assert listed["builtin_augmentors"]["distribution"] == "hardctl"  # the real one, not the impostor's
+    assert listed["builtin_augmentors"]["registered"] == {"augmentors": ["affine", "noise", "mix"]}
+
+
+# ------------------------------------------------------------------------------------ typed registrations
+def test_registries_hold_typed_entries():
+    plugins.reload()
+    digits, mnist = plugins.datasets.get("digits"), plugins.datasets.get("mnist")
+    assert isinstance(digits, plugins.DatasetEntry) and (digits.needs_arg, mnist.needs_arg) == (False, True)
+    standard, mnist_c = plugins.eval_suites.get("standard"), plugins.eval_suites.get("mnist-c")
+    assert isinstance(standard, plugins.SuiteEntry) and standard.sources == ()
+    assert [s.key for s in mnist_c.sources] == ["mnist-c"]
+    mix = plugins.augmentors.get("mix")
+    assert isinstance(mix, plugins.AugmentorEntry) and mix.teacher_term is False  # from the class attribute
+    assert mix.options == mix.obj.options and mix.hard_defaults.lr == 1e-2
+    assert plugins.metadata_fields(plugins.DatasetEntry) == ["needs_arg"]
+    assert plugins.metadata_fields(plugins.Entry) == []
+
+
+class _Typos:
+    __name__ = "typos"
+
+    @staticmethod
+    @hookimpl
+    def register_datasets(register):
+        register("typo-set", object, help="needs_args is a typo", needs_args=True)
+        register("bad-type", object, help="needs_arg must be a bool", needs_arg="yes")
+        register("never-reached", object, help="after the hook raised")
+
+
+def test_unknown_register_keywords_are_named_and_wrong_types_fail_the_hook(monkeypatch):
+    plugins.reload()
+    plugins.manager.register(_Typos, name="typos")
+    try:
+        with pytest.warns(plugins.PluginWarning) as caught:
+            names = plugins.datasets.names()
+        assert [str(w.message) for w in caught] == [
+            "plugin 'typos' registered data set 'typo-set' with unknown keyword needs_args "
+            "(ignored; datasets accept: needs_arg)",
+            "plugin 'typos' failed in register_datasets: TypeError: needs_arg must be True or False, got 'yes'"]
+        assert plugins.datasets.get("typo-set").needs_arg is False
+        assert "bad-type" not in names and "never-reached" not in names and "digits" in names
+        monkeypatch.setenv(plugins.STRICT_ENV, "1")
+        plugins.datasets.reset()
+        with pytest.raises(RuntimeError, match="unknown keyword needs_args"):
+            plugins.datasets.names()
+    finally:
+        plugins.reload()
+
+
+def test_provenance_of_builtins_and_its_errors():
+    plugins.reload()
+    assert plugins.provenance("datasets", "digits") == {
+        "name": "digits", "plugin": "builtin_datasets", "distribution": "hardctl", "version": hardctl.__version__}
+    with pytest.raises(UsageError, match="unknown augmentor 'afine'; did you mean 'affine'"):
+        plugins.provenance("augmentors", "afine")
+    with pytest.raises(ValueError, match="unknown registry 'augmentor'"):
+        plugins.provenance("augmentor", "affine")

@@ -154,8 +154,7 @@ def check_module(spec: AugmentorSpec, module: Any) -> None:
     old = _old_style_apply(type(module))
     if old is not None:
         raise TrainingError(f"{spec.who()} defines {old.__name__}.apply(x, params), which hardctl now calls "
-                            f"apply_transform", hint="rename the method to apply_transform (apply is torch's "
-                            "nn.Module.apply(fn))")
+                            f"apply_transform", hint="rename it to apply_transform; apply is torch's nn.Module.apply(fn)")
 
 
 def build_augmentor(name: str, raw_options: dict[str, Any] | None = None, *, in_chans: int,
