@@ -121,17 +121,13 @@ def eval_command(
     set_dirs = parse_set_options(set_ or [], known)
     out_path = report.check_out_path(out) if out is not None else None
 
-    from hardctl.distill.trainer import select_amp, select_device
-
-    dev = select_device(device)
-    amp = select_amp(amp, dev)
     pairs = runner.collect_sets(suites, data_spec=data, data_root=data_root, sets=set_dirs, shift_px=shift_px,
                                 shift_seed=shift_seed, shifted=shifted)
     runner.require_found(pairs, f"under {data_root}" if data_root is not None else "in the --set folders")
-    models = runner.load_models(model, pairs, device=dev, pretrained=pretrained)
-    rows = runner.evaluate(models, pairs, device=dev, batch_size=batch_size, amp=amp, workers=workers,
-                           data_specs={name: data for name in spec_suites},
-                           progress=lambda message: print(f"hardctl: eval: {message}", file=sys.stderr))
+    models, rows = runner.score_models(model, pairs, device=device, amp=amp, pretrained=pretrained,
+                                       batch_size=batch_size, workers=workers,
+                                       data_specs={name: data for name in spec_suites},
+                                       progress=lambda message: print(f"hardctl: eval: {message}", file=sys.stderr))
     labels = {m.spec: m.label for m in models}
     title = (f"top-1 accuracy (%) on {data}" if suites == ["standard"]
              else f"top-1 accuracy (%): {', '.join(suites)}")

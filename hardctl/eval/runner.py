@@ -22,6 +22,7 @@ from torch import nn
 import hardctl
 from hardctl import plugins
 from hardctl.config import RunConfig
+from hardctl.device import select_amp, select_device
 from hardctl.errors import DataError, HardctlError, ModelError, UsageError
 from hardctl.eval import EvalSet
 from hardctl.eval.corruptions import summarize
@@ -29,7 +30,8 @@ from hardctl.eval.engine import Feed, score
 from hardctl.eval.metrics import TopK
 from hardctl.eval.preprocess import FileImages, Preprocessing, preprocessing_for
 
-__all__ = ["EvalModel", "collect_sets", "evaluate", "load_models", "require_found", "suite_sources"]
+__all__ = ["EvalModel", "collect_sets", "evaluate", "load_models", "require_found", "score_models", "suite_sources",
+           "teacher_pairs"]
 
 
 @dataclass
@@ -244,6 +246,20 @@ def evaluate(models: Sequence[EvalModel], pairs: Sequence[tuple[str, EvalSet]], 
         rows.extend(own + extra)
     _add_gaps(rows, models)
     return rows
+
+
+def score_models(specs: Sequence[str], pairs: Sequence[tuple[str, EvalSet]], *, device: str = "auto",
+                 amp: str = "auto", pretrained: bool = False, batch_size: int = 256, workers: int | None = None,
+                 data_specs: dict[str, str] | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[list[EvalModel], list[dict]]:
+    """The evaluation pipeline of ``hardctl eval`` and of a recipe's ``[eval]``: pick the device and AMP
+    (``--device``/``--amp`` words), load each model once and score it on every set of ``pairs``
+    (from :func:`collect_sets`). Returns the loaded models and the result rows of :func:`evaluate`."""
+    dev = select_device(device)
+    models = load_models(specs, pairs, device=dev, pretrained=pretrained)
+    rows = evaluate(models, pairs, device=dev, batch_size=batch_size, amp=select_amp(amp, dev), workers=workers,
+                    data_specs=data_specs, progress=progress)
+    return models, rows
 
 
 def _value(row: dict) -> float | None:

@@ -107,8 +107,7 @@ def evaluate_model(model: str, cfg: RunConfig, suites: list[str], spec: EvalSpec
     Returns the saved record (``scores``: column key -> value; ``lower_is_better``: the keys where lower
     is better; ``skipped``: set -> reason) and ``"reused"`` or ``"evaluated"``.
     """
-    from hardctl.device import select_amp, select_device
-    from hardctl.eval import runner
+    from hardctl.eval.runner import score_models
 
     pairs = _collect(suites, cfg, spec, shifted)
     found = [s.name for _, s in pairs if not s.skipped]
@@ -118,11 +117,9 @@ def evaluate_model(model: str, cfg: RunConfig, suites: list[str], spec: EvalSpec
         return saved, "reused"
     rows: list[dict] = []
     if found:  # load nothing when every set is missing (a model need not fit sets that are not there)
-        device = select_device(cfg.device)
-        models = runner.load_models([model], pairs, device=device, pretrained=cfg.pretrained)
-        rows = runner.evaluate(models, pairs, device=device, batch_size=spec.batch_size,
-                               amp=select_amp(cfg.amp, device), workers=spec.workers,
-                               data_specs={STANDARD: cfg.data}, progress=lambda m: log(f"eval: {m}"))
+        _, rows = score_models([model], pairs, device=cfg.device, amp=cfg.amp, pretrained=cfg.pretrained,
+                               batch_size=spec.batch_size, workers=spec.workers, data_specs={STANDARD: cfg.data},
+                               progress=lambda m: log(f"eval: {m}"))
     ok = [r for r in rows if r.get("status") == "ok" and (r.get("acc") if r["kind"] == "set" else r.get("value")) is not None]
     record = {
         "key": key,
