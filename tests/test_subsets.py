@@ -1,4 +1,4 @@
-"""benchmarks/subset_idx.py: a smaller MNIST-layout copy that the data specs read like the original."""
+"""hardctl.data.subsets: a smaller MNIST-layout copy that the data specs read like the original."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import numpy as np
 from hardctl.data import load_data
 from hardctl.data.formats import read_idx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from subset_idx import FILES, balanced_subset, write_idx  # noqa: E402
+from hardctl.data.subsets import FILES, balanced_subset, write_idx
 
 
 def make_idx_set(folder: Path, train_labels: np.ndarray, test_n: int = 6) -> None:
@@ -38,7 +36,7 @@ def test_balanced_subset_takes_equal_shares_and_is_seeded():
 def test_the_copy_loads_as_a_data_spec_with_all_test_images(tmp_path):
     source, out = tmp_path / "full", tmp_path / "small"
     make_idx_set(source, np.arange(30) % 3)
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "subset_idx.py"), str(source), str(out),
+    done = subprocess.run([sys.executable, "-m", "hardctl.data.subsets", str(source), str(out),
                            "--train", "12"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "12 of 30 training images ([4, 4, 4] per class)" in done.stdout
@@ -54,6 +52,6 @@ def test_the_copy_loads_as_a_data_spec_with_all_test_images(tmp_path):
 
 def test_asking_for_more_than_there_is_is_a_usage_error(tmp_path):
     make_idx_set(tmp_path / "full", np.arange(9) % 3)
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "subset_idx.py"), str(tmp_path / "full"),
+    done = subprocess.run([sys.executable, "-m", "hardctl.data.subsets", str(tmp_path / "full"),
                            str(tmp_path / "small"), "--train", "10"], capture_output=True, text=True)
     assert done.returncode == 2 and "--train must be in 1..9" in done.stderr

@@ -5,7 +5,7 @@ Fashion-MNIST's 60,000 training images make each KD epoch cost ~75 s of teacher 
 a subset; the test sets (centered and shifted) stay complete. The output is a folder of the four IDX
 files that ``--data fashion-mnist:DIR`` (or ``mnist:DIR``) reads like the original:
 
-    python benchmarks/subset_idx.py /usr/share/datasets/fashion-mnist runs/data/fashion-mnist-10k --train 10000
+    python -m hardctl.data.subsets /usr/share/datasets/fashion-mnist runs/data/fashion-mnist-10k --train 10000
     hardctl train --data fashion-mnist:runs/data/fashion-mnist-10k ...
 """
 
@@ -41,13 +41,16 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(picks)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+__all__ = ["FILES", "balanced_subset", "main", "write_idx"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hardctl.data.subsets", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="folder with the four IDX files (plain or .gz)")
     parser.add_argument("out", type=Path, help="folder to write")
     parser.add_argument("--train", type=int, required=True, help="training images to keep")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     images, labels = read_idx(args.source / FILES[0]), read_idx(args.source / FILES[1])
     if not 0 < args.train <= len(labels):
         parser.error(f"--train must be in 1..{len(labels)}")
