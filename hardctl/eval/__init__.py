@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from torch.utils.data import Dataset
 
 from hardctl import plugins
-from hardctl.eval.engine import accuracy, autocast_for  # the trainer's entry points into the one loop
+from hardctl.eval.engine import accuracy  # a training run's validation: one model through the one loop
 
-__all__ = ["EvalSet", "accuracy", "autocast_for", "run_suite"]
+__all__ = ["EvalSet", "accuracy", "run_suite"]
 
 
 @dataclass

@@ -15,7 +15,6 @@ training run's validation and test accuracy through :func:`accuracy` (one model,
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,20 +24,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from hardctl.device import autocast_for
 from hardctl.errors import HardctlError
 from hardctl.eval.metrics import TopK
 
-__all__ = ["Feed", "OutOfMemory", "PassStats", "accuracy", "autocast_for", "batches", "make_loader", "score"]
+__all__ = ["Feed", "OutOfMemory", "PassStats", "accuracy", "batches", "make_loader", "score"]
 
 OutOfMemory = torch.cuda.OutOfMemoryError  # torch.OutOfMemoryError in recent torch: the same class
-
-
-def autocast_for(device: torch.device, amp: str):
-    """The autocast context for ``amp`` in ``{"bf16", "fp16", "off"}`` on ``device``."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
