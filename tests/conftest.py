@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +56,18 @@ def digits_teacher(tmp_path_factory) -> Path:
 
 
 def pip_install_target(package: Path, site: Path) -> Path:
-    """``pip install`` an example plugin package into its own folder: a real dist-info with its entry points."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(package)], check=True, capture_output=True)
+    """``pip install`` an example plugin package into its own folder: a real dist-info with its entry points.
+
+    pip builds in the source folder (setuptools writes ``build/`` and ``*.egg-info`` next to
+    ``pyproject.toml``), so it builds a copy: the checkout's ``examples/`` stays as committed.
+    """
+    before = sorted(package.rglob("*"))
+    with tempfile.TemporaryDirectory(prefix=f"{package.name}-") as scratch:
+        source = Path(scratch) / package.name
+        shutil.copytree(package, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                        "--no-index", "--target", str(site), str(source)], check=True, capture_output=True)
+    assert sorted(package.rglob("*")) == before, f"pip install wrote into {package}"
     return site
 
 

@@ -52,6 +52,7 @@ def brightness_site(tmp_path_factory) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_installed_example_is_listed_as_an_augmentor_plugin(brightness_site):
     brightness = listed_plugins(brightness_site)["brightness"]
     assert brightness["distribution"] == "hardctl-brightness"
@@ -438,6 +439,7 @@ def test_a_composition_in_the_pool_keeps_each_parts_own_snapshot(tmp_path):
         plugins.reload()
 
 
+@pytest.mark.slow
 def test_provenance_of_the_installed_example(brightness_site):
     code = ("import json; from hardctl import plugins; "
             "print(json.dumps([plugins.provenance('augmentors', n) for n in ('brightness', 'affine')]))")

@@ -37,6 +37,7 @@ def broken_site(tmp_path_factory) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_third_party_plugin_is_listed_with_its_version_and_registrations(squares_site):
     listed = listed_plugins(squares_site)
     squares = listed["squares"]
