@@ -77,11 +77,11 @@ def make_trainers(args, teacher: Path, run_root: Path) -> tuple[Trainer, Trainer
                     l_min=0.0, l_max=1.0,  # an error can be neither < 0 nor > 1: no switch fires
                     max_aug_steps=10**9)  # and no step cap ends an augmentor phase
     cfg = cfg.validate().resolve_hard()
-    parts = build(cfg)
+    components = build(cfg)
     quiet = Reporter()
-    hard = Trainer(parts, run_root / "hard", reporter=quiet)
+    hard = Trainer(components, run_root / "hard", reporter=quiet)
     kd_cfg = replace(cfg, augmentor="none")
-    kd = Trainer(replace(parts, cfg=kd_cfg, augmentor=None), run_root / "kd", reporter=quiet)
+    kd = Trainer(replace(components, cfg=kd_cfg, augmentor=None), run_root / "kd", reporter=quiet)
     hard.start_run()  # what fit() does first: the pool holds the identity augmentor
     return kd, hard
 
@@ -120,7 +120,7 @@ def measure(args) -> dict:
                 return time.perf_counter() - start
             if kind == "aug-batch":
                 start = time.perf_counter()
-                hard.prepare_batch(*hard.hard.draw_batch(hard.parts.data.train))
+                hard.prepare_batch(*hard.hard.draw_batch(hard.components.data.train))
                 sync(device)
                 return time.perf_counter() - start
             if kind == "augmentor":
@@ -160,7 +160,7 @@ def measure(args) -> dict:
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "amp": hard.amp, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "data": args.data, "teacher": "hard_mnist_cnn", "student": "hard_mnist_mlp", "augmentor": args.augmentor,
-        "batch_size": args.batch_size, "aug_batch_size": args.aug_batch_size, "image": list(hard.parts.data.img_size),
+        "batch_size": args.batch_size, "aug_batch_size": args.aug_batch_size, "image": list(hard.components.data.img_size),
         "warmup_rounds": args.warmup, "rounds": args.rounds,
         "steps_ms": {k: {"median": round(1e3 * med[k], 3), "min": round(1e3 * min(v), 3),
                          "max": round(1e3 * max(v), 3), "samples": [round(1e3 * s, 3) for s in v]}

@@ -59,7 +59,7 @@ def test_scripted_errors_give_the_exact_phase_sequence_and_pool_growth(tmp_path,
                    0.3, 0.05, 0.05,  # student steps 3-5 -> augmentor
                    0.7, 0.7,  # augmentor -> student
                    0.4])  # student step 6
-    monkeypatch.setattr(trainer.hard, "error", lambda *args: next(script))
+    monkeypatch.setattr(trainer.hard, "switching_error", lambda *args: next(script))
     trainer.start_run()  # the identity entry
     images, labels = trainer.prepare_batch(*next(iter(trainer.loader)))
     for _ in range(6):
@@ -89,7 +89,7 @@ def test_one_augmentor_step_raises_the_student_teacher_loss(tmp_path, digits_tea
         return float(kd_divergence(trainer.student(task.student_normalize(x)), task.teacher_logits(x), 5.0).detach())
 
     gen_state = trainer.hard.batches.get_state()
-    images, _ = trainer.prepare_batch(*trainer.hard.draw_batch(trainer.parts.data.train))
+    images, _ = trainer.prepare_batch(*trainer.hard.draw_batch(trainer.components.data.train))
     trainer.hard.batches.set_state(gen_state)  # the step sees the same batch
     before = l_st(images)
     params_before = [p.detach().clone() for p in aug.parameters()]

@@ -180,7 +180,7 @@ def scripted_val(monkeypatch):
         original = Trainer.evaluate
 
         def evaluate(self, dataset, model=None, normalize=None):
-            if dataset is self.parts.data.val:
+            if dataset is self.components.data.val:
                 return {"acc": float(accs[self.epoch]), "loss": 0.0}
             return original(self, dataset, model, normalize)
 

@@ -106,7 +106,7 @@ class Hard:
     def in_augmentor_phase(self) -> bool:
         return self.switch.phase == AUGMENTOR
 
-    def error(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> float:
+    def switching_error(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> float:
         """The switching statistic: the student's error on augmented data (see ``--switch-on``)."""
         return disagreement(student_logits, teacher_logits if self.cfg.switch_on == "teacher" else labels)
 

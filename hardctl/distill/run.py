@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hardctl.config import atomic_write_json
+from hardctl.atomic import atomic_write_json
 from hardctl.config import RunConfig
 from hardctl.distill import rundir
 from hardctl.distill.build import build
@@ -50,7 +50,7 @@ def draw_figures(trainer: Trainer) -> dict[str, str]:
     from hardctl.visualize import render  # matplotlib and PIL only when there is something to draw
 
     try:
-        return {k: str(v) for k, v in render(trainer.run_dir, data=trainer.parts.data).items()}
+        return {k: str(v) for k, v in render(trainer.run_dir, data=trainer.components.data).items()}
     except Exception as exc:
         trainer.log(f"could not draw the augmentation grid: {type(exc).__name__}: {exc}")
         return {}

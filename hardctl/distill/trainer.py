@@ -43,21 +43,21 @@ __all__ = ["Trainer"]
 class Trainer:
     """The training loop, its checkpoints and its logs for one run directory."""
 
-    def __init__(self, parts: Components, run_dir: Path, *, reporter: Reporter | None = None,
+    def __init__(self, components: Components, run_dir: Path, *, reporter: Reporter | None = None,
                  dist: DistInfo | None = None):
-        self.parts, self.cfg, self.run_dir = parts, parts.cfg, Path(run_dir)
+        self.components, self.cfg, self.run_dir = components, components.cfg, Path(run_dir)
         self.dist = dist or DistInfo.from_env()
         if self.dist.world_size > 1:
             raise UsageError("multi-process (torchrun) training is not supported yet", hint="run a single process")
         self.reporter = reporter or Reporter()
-        self.task, self.device, self.amp = parts.task, parts.device, parts.amp
+        self.task, self.device, self.amp = components.task, components.device, components.amp
         self.student = self.task.student
-        self.sampler = EpochSampler(len(parts.data.train), seed=self.cfg.seed, dist=self.dist)
+        self.sampler = EpochSampler(len(components.data.train), seed=self.cfg.seed, dist=self.dist)
         # A last batch of a single image would crash batch-norm in train mode ("Expected more than 1 value per
         # channel", e.g. ResNets whose last feature map is 1×1); drop only that one, so that step counts
         # (and the published tables) stay those of the full epoch otherwise.
         drop_single = len(self.sampler) > self.cfg.batch_size and len(self.sampler) % self.cfg.batch_size == 1
-        self.loader = DataLoader(parts.data.train, batch_size=self.cfg.batch_size, sampler=self.sampler,
+        self.loader = DataLoader(components.data.train, batch_size=self.cfg.batch_size, sampler=self.sampler,
                                  drop_last=drop_single,
                                  num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
         params = [p for p in self.student.parameters() if p.requires_grad]
@@ -84,8 +84,8 @@ class Trainer:
         self.epochs_log = rundir.JsonlLog(self.run_dir / rundir.EPOCHS_FILE) if main else None
         self.log = rundir.RunLog(self.run_dir / rundir.LOG_FILE if main else None, self.reporter.log if main else None)
         self.hard = None  # HARD's augmentor, switch and pool (distill with --augmentor)
-        if parts.augmentor is not None:
-            self.hard = Hard(parts.augmentor, HardSettings.from_config(self.cfg), device=self.device, amp=self.amp,
+        if components.augmentor is not None:
+            self.hard = Hard(components.augmentor, HardSettings.from_config(self.cfg), device=self.device, amp=self.amp,
                              pool_dir=self.run_dir / POOL_DIR if main else None)
 
     # ------------------------------------------------------------------ the loop
@@ -102,7 +102,7 @@ class Trainer:
                 totals.add(record)
                 self.log_step(record)
             self.end_epoch(totals.record(epoch + 1, self.step_count, self.scheduler.get_last_lr()[0],
-                                         self.evaluate(self.parts.data.val), time.perf_counter() - started))
+                                         self.evaluate(self.components.data.val), time.perf_counter() - started))
             if self.stopped_early is not None:  # the plateau schedule ran out of decays
                 break
         return self.finish()
@@ -150,8 +150,8 @@ class Trainer:
         The mixer draws from the global CPU generator, which the trainer seeds and checkpoints."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        if self.parts.mixer is not None:
-            images, labels = self.parts.mixer(images, labels)
+        if self.components.mixer is not None:
+            images, labels = self.components.mixer(images, labels)
         return images, labels
 
     def student_step(self, images: torch.Tensor, labels: torch.Tensor, *, entry: int | None = None) -> dict[str, Any]:
@@ -168,14 +168,14 @@ class Trainer:
             metrics = {k: float(v.detach()) for k, v in out.items() if k not in ("logits", "teacher_logits")}
             return {**metrics, "train_acc": train_acc}
         return {"loss": float(out["loss"].detach()), "l_st": float(out["kd"].detach()),
-                "aug_error": self.hard.error(out["logits"], out["teacher_logits"], labels), "pool_entry": entry,
+                "aug_error": self.hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_entry": entry,
                 "pool_size": len(self.hard.pool), "train_acc": train_acc, "phase": STUDENT}
 
     def augmentor_step(self) -> dict[str, Any]:
         """One augmentor step on its own batch: ascend ``λ_s·L_st − λ_t·L_tt``, student and teacher frozen.
         Returns its step record, with the switching statistic ``aug_error``."""
         hard, cfg = self.hard, self.cfg
-        images, labels = self.prepare_batch(*hard.draw_batch(self.parts.data.train))  # mixed like the student's
+        images, labels = self.prepare_batch(*hard.draw_batch(self.components.data.train))  # mixed like the student's
         self.student.eval()  # dropout/batch-norm must not react to the augmentor's batches
         with autocast_for(self.device, self.amp):
             augmented = hard.augmentor(images)
@@ -193,7 +193,7 @@ class Trainer:
         self.iteration += 1
         return {"iter": self.iteration, "step": self.step_count, "epoch": self.epoch + 1, "phase": AUGMENTOR,
                 "loss": float(loss.detach()), "l_st": float(out["kd"].detach()), "l_tt": float(l_tt.detach()),
-                "aug_error": hard.error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool)}
+                "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool)}
 
     def joint_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         """Augmentor and student in one step (no teacher–teacher term, HARD-Mix): the student descends
@@ -206,7 +206,7 @@ class Trainer:
         self.check_finite(out["loss"])
         self.optimise(out["loss"], hard.optimizer)  # one scaler for the one backward pass
         return {"loss": float(out["loss"].detach()), "l_st": float(out["kd"].detach()),
-                "aug_error": hard.error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
+                "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
                 "train_acc": top1_accuracy(out["logits"], labels), "phase": JOINT}
 
     def optimise(self, loss: torch.Tensor, *also: torch.optim.Optimizer) -> None:
@@ -224,10 +224,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ bookkeeping
     def start_run(self) -> None:
-        for note in self.parts.notes:
+        for note in self.components.notes:
             self.log(note)
-        self.log(f"device {self.device}, amp {self.amp}, {len(self.parts.data.train)} train / "
-                 f"{len(self.parts.data.val)} val images, {len(self.loader)} steps per epoch")
+        self.log(f"device {self.device}, amp {self.amp}, {len(self.components.data.train)} train / "
+                 f"{len(self.components.data.val)} val images, {len(self.loader)} steps per epoch")
         if self.hard is not None:
             if not len(self.hard.pool):  # entry 0: the identity-initialised augmentor
                 self.hard.save("start" if self.hard.joint else "identity", iteration=self.iteration,
@@ -237,8 +237,8 @@ class Trainer:
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.sampler.set_epoch(epoch)
-        if hasattr(self.parts.data.train, "set_epoch"):  # per-image augmentation seeds: resumable per epoch
-            self.parts.data.train.set_epoch(epoch)
+        if hasattr(self.components.data.train, "set_epoch"):  # per-image augmentation seeds: resumable per epoch
+            self.components.data.train.set_epoch(epoch)
         self.task.train()
         self.reporter.start_epoch(epoch + 1, self.cfg.epochs, len(self.loader))
 
@@ -287,9 +287,9 @@ class Trainer:
         if self.dist.is_main:
             self.epochs_log.append(record)
             extra = {"data": self.cfg.data, "epoch": str(record["epoch"]), "val_acc": f"{record['val_acc']:.4f}"}
-            save_model(self.student, self.parts.student_info, self.run_dir / rundir.LAST_MODEL_FILE, extra=extra)
+            save_model(self.student, self.components.student_info, self.run_dir / rundir.LAST_MODEL_FILE, extra=extra)
             if improved:
-                save_model(self.student, self.parts.student_info, self.run_dir / rundir.MODEL_FILE, extra=extra)
+                save_model(self.student, self.components.student_info, self.run_dir / rundir.MODEL_FILE, extra=extra)
         if event in (DECAY, STOP):
             self.restore_best()  # before the state is taken: a resumed run continues from the restored weights
         if self.dist.is_main:
@@ -358,7 +358,7 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Score the best weights (and the teacher) on the centered and shifted test sets: the run's summary
         (written by :func:`hardctl.distill.run.run`, together with the figures)."""
-        data = self.parts.data
+        data = self.components.data
         best = self.run_dir / rundir.MODEL_FILE
         if best.is_file():
             self.student.load_state_dict(load_file(best, device=str(self.device)))
@@ -370,17 +370,17 @@ class Trainer:
             "best_val_acc": self.best_val,
             "stopped_early": self.stopped_early,  # the last epoch of a run the plateau schedule ended, else None
             "shift_px": data.info["shift_px"],
-            "student": {"spec": self.cfg.model, "arch": self.parts.student_info.arch,
+            "student": {"spec": self.cfg.model, "arch": self.components.student_info.arch,
                         "test_acc": self.evaluate(data.test)["acc"],
                         "shifted_acc": self.evaluate(data.shifted_test)["acc"]},
             "run_dir": str(self.run_dir),
-            "plugins": self.parts.provenance,
+            "plugins": self.components.provenance,
         }
         if isinstance(self.scheduler, PlateauSchedule):
             summary["lr_decays"] = self.scheduler.decays
         if isinstance(self.task, DistillTask):
             teacher, norm = self.task.teacher, self.task.teacher_normalize
-            summary["teacher"] = {"spec": self.cfg.teacher, "arch": self.parts.teacher_info.arch,
+            summary["teacher"] = {"spec": self.cfg.teacher, "arch": self.components.teacher_info.arch,
                                   "test_acc": self.evaluate(data.test, teacher, norm)["acc"],
                                   "shifted_acc": self.evaluate(data.shifted_test, teacher, norm)["acc"]}
         if self.hard is not None:
