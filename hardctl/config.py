@@ -8,7 +8,6 @@ trainer reads it, and ``config.toml`` in the run directory is its exact image (T
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from hardctl.atomic import atomic_path
+from hardctl.atomic import atomic_write_bytes
 from hardctl.errors import UsageError, did_you_mean
 from hardctl.runfiles import CONFIG_FILE
 from hardctl.tomlio import read_toml
@@ -194,31 +193,3 @@ def threshold_problem(l_min: float, l_max: float, *, names: tuple[str, str] = ("
     return None
 
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)  # field -> its annotation, for hardctl.values
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either the old or the new content, never half of it."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def key_value_pairs(items, *, flag: str, example: str, form: str = "KEY=VALUE",
-                    need_value: bool = False) -> list[tuple[str, str]]:
-    """``["a=1", "b = x"]`` -> ``[("a", "1"), ("b", "x")]`` for repeatable ``FLAG KEY=VALUE`` options.
-
-    An item without ``=`` or with an empty key (or, with ``need_value``, an empty value) is a usage error
-    naming ``flag`` and showing ``example``. Values stay strings: each caller types them against its own
-    schema (augmentor options, RunConfig fields, data folders).
-    """
-    pairs = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or (need_value and not value):
-            raise UsageError(f"{flag} {item!r} is not {form}", hint=f"e.g. {example}")
-        pairs.append((key, value))
-    return pairs
-

@@ -10,6 +10,7 @@ A setting's type is a plain annotation: ``bool``, ``int``, ``float``, ``str``, `
   and ``false/no/off/0`` for booleans, finite numbers, ``none`` (or nothing) for an optional value, and TOML
   syntax for tables and lists (``{sigma = 0.1}``, ``[[-8, -7], [5, 6]]``).
 
+:func:`key_value_pairs` splits the repeatable ``FLAG KEY=VALUE`` options into the pairs these parse.
 Every failure is one :class:`~hardctl.errors.UsageError`: ``{what} must be {the type}, got {the value!r}``.
 The module imports neither torch nor any other part of hardctl above :mod:`hardctl.errors`.
 """
@@ -24,7 +25,7 @@ from typing import Any
 from hardctl import tomlio
 from hardctl.errors import UsageError
 
-__all__ = ["check_value", "parse_value", "type_name"]
+__all__ = ["check_value", "key_value_pairs", "parse_value", "type_name"]
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -125,3 +126,21 @@ def parse_value(raw: Any, kind: Any, what: str) -> Any:
     except (ValueError, tomlio.TOMLDecodeError):
         raise _fail(inner, raw, what) from None
     return _checked(value, inner, raw, what)
+
+
+def key_value_pairs(items, *, flag: str, example: str, form: str = "KEY=VALUE",
+                    need_value: bool = False) -> list[tuple[str, str]]:
+    """``["a=1", "b = x"]`` -> ``[("a", "1"), ("b", "x")]`` for repeatable ``FLAG KEY=VALUE`` options.
+
+    An item without ``=`` or with an empty key (or, with ``need_value``, an empty value) is a usage error
+    naming ``flag`` and showing ``example``. Values stay strings: each caller types them against its own
+    schema (augmentor options, RunConfig fields, data folders).
+    """
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or (need_value and not value):
+            raise UsageError(f"{flag} {item!r} is not {form}", hint=f"e.g. {example}")
+        pairs.append((key, value))
+    return pairs

@@ -9,7 +9,7 @@ import typer
 from hardctl.cli import app
 from hardctl.cli.common import (HARD, MODEL, D, CeWeight, KdWeight, LabelSmoothing, Temperature,
                                 config_from_params, explicit_options, start_run, with_run_options)
-from hardctl.config import key_value_pairs
+from hardctl.values import key_value_pairs
 
 _PAPER = "[default: the augmentor's, from the paper]"
 Augmentor = Annotated[str, typer.Option("--augmentor", "-a", rich_help_panel=HARD, help=(

@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hardctl.atomic import atomic_path
-from hardctl.config import atomic_write_bytes
+from hardctl.atomic import atomic_path, atomic_write_bytes
 from hardctl.errors import CheckpointError, UsageError
 from hardctl.runfiles import (BEST_CHECKPOINT, CHECKPOINT_DIR, CONFIG_FILE, EPOCHS_FILE, LAST_CHECKPOINT,
                               LAST_MODEL_FILE, LOG_FILE, MODEL_FILE, STEPS_FILE, SUMMARY_FILE)

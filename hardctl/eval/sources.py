@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hardctl.config import key_value_pairs
+from hardctl.values import key_value_pairs
 from hardctl.errors import UsageError, did_you_mean
 
 __all__ = ["Found", "Locator", "Source", "parse_set_options", "skip_reason"]

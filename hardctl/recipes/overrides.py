@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable
 
-from hardctl.config import key_value_pairs
 from hardctl.errors import UsageError, did_you_mean
+from hardctl.values import key_value_pairs
 from hardctl.values import parse_value as parse_typed
 from hardctl.recipes.sections import EVAL_KEYS, RESULTS_KEYS
 from hardctl.recipes.spec import ARM_OWN_KEYS, PER_SEED, RESERVED_IDS, RUN_FIELDS, Recipe, parse_recipe, parse_value
