@@ -5,7 +5,7 @@
   image with the reparameterisation trick.
 * ``noise`` — additive Gaussian noise ``x̃ = x + μ + σ·ε`` with learned ``μ`` and ``σ`` (the paper's
   toy augmentor, section 3; on images the result is clamped to ``[0, 1]``).
-* ``mix`` — HARD-Mix (paper section 4.1, :mod:`.mix`): a learned patch-wise convex combination of each
+* ``mix`` — HARD-Mix (paper section 4.1, :mod:`.hardmix`): a learned patch-wise convex combination of each
   image with the next images of its batch, trained jointly with the student.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from hardctl import hookimpl
 from hardctl.augment import Augmentor, HardDefaults, Option
-from hardctl_builtins.mix import MixAugmentor
+from hardctl_builtins.hardmix import MixAugmentor
 
 IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 

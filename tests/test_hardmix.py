@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hardctl_builtins.mix import MixAugmentor, suggest_patch_size
+from hardctl_builtins.hardmix import MixAugmentor, suggest_patch_size
 from PIL import Image
 
 from hardctl.augment import Augmentor, AugmentorPool, build_augmentor
