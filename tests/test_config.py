@@ -7,7 +7,7 @@ import pytest
 from hardctl import tomlio
 from hardctl.config import RunConfig
 from hardctl.errors import UsageError
-from hardctl.eval.runner import _teacher_of
+from hardctl.eval.runner import teacher_of
 from hardctl.runfiles import CONFIG_FILE
 
 
@@ -29,11 +29,11 @@ def test_a_run_directory_is_read_back_by_runconfig_load_only(tmp_path):
     cfg = RunConfig(command="distill", teacher="runs/t", epochs=3, lr=0.01)
     cfg.save(tmp_path)
     assert RunConfig.load(tmp_path) == cfg
-    assert _teacher_of(tmp_path) == "runs/t"  # hardctl eval pairs a student with its teacher through it
+    assert teacher_of(tmp_path) == "runs/t"  # hardctl eval pairs a student with its teacher through it
     RunConfig(command="train").save(tmp_path)
-    assert _teacher_of(tmp_path) is None
+    assert teacher_of(tmp_path) is None
     (tmp_path / CONFIG_FILE).write_text("[run\n")
-    assert _teacher_of(tmp_path) is None  # unreadable: no gap column, not an error
+    assert teacher_of(tmp_path) is None  # unreadable: no gap column, not an error
     with pytest.raises(UsageError, match=f"cannot parse {tmp_path / CONFIG_FILE}"):
         RunConfig.load(tmp_path)
     with pytest.raises(UsageError, match="not a hardctl run directory"):

@@ -88,7 +88,7 @@ def require_found(pairs: Sequence[tuple[str, EvalSet]], where: str) -> None:
                         hint="pass --data-root DIR holding the extracted archives, or --set NAME=DIR")
 
 
-def _teacher_of(run_dir: Path) -> str | None:
+def teacher_of(run_dir: Path) -> str | None:
     """The ``--teacher`` a run directory was distilled from (None: not a distillation, or unreadable)."""
     try:
         return RunConfig.load(run_dir).teacher or None
@@ -148,7 +148,7 @@ def load_models(specs: Sequence[str], pairs: Sequence[tuple[str, EvalSet]], *, d
         check_accepts("model", spec, model, info, sample, where)
         run_dir = Path(info.source[4:]) if info.source.startswith("run:") else None
         models.append(EvalModel(spec=spec, model=model, info=info, normalize=InputNormalize(info.mean, info.std).to(device),
-                                teacher=_teacher_of(run_dir) if run_dir is not None else None, run_dir=run_dir))
+                                teacher=teacher_of(run_dir) if run_dir is not None else None, run_dir=run_dir))
     _label(models)
     return models
 

@@ -43,14 +43,14 @@ def saved_config_matches(run_dir: Path, cfg: RunConfig) -> bool:
     return _comparable(saved.to_dict()) == _comparable(cfg.to_dict())
 
 
-def _summary(run_dir: Path) -> dict[str, Any] | None:
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((run_dir / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return None
 
 
-def _resumable(run_dir: Path, epochs: int) -> bool:
+def resumable(run_dir: Path, epochs: int) -> bool:
     """Whether ``run_dir`` has a readable last checkpoint with epochs still to train."""
     from hardctl.distill import rundir
 
@@ -151,7 +151,7 @@ def collect(recipe: Recipe, plan: list[PlannedRun], statuses: dict[Path, str], *
                 entry = {"seed": None, "run_dir": str(p.run_dir), "status": statuses[p.run_dir],
                          "test_acc": own.get("centered"), "shifted_acc": own.get("shifted")}
             else:
-                summary = _summary(p.run_dir)
+                summary = read_summary(p.run_dir)
                 if summary is None:
                     continue
                 shift_px.add(summary.get("shift_px"))

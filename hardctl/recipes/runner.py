@@ -10,12 +10,12 @@ from typing import Any, Iterable
 
 from hardctl.errors import DataError, HardctlError, UsageError
 from hardctl.runfiles import SUMMARY_FILE
-from hardctl.recipes.results import (PlannedRun, _resumable, _summary, collect, format_delta, format_mean_sem,
+from hardctl.recipes.results import (PlannedRun, resumable, read_summary, collect, format_delta, format_mean_sem,
                                      markdown, mean_sem, reproduce_command, saved_config_matches, shift_label,
                                      write_results)
 from hardctl.recipes.overrides import apply_overrides, parse_overrides
 from hardctl.recipes.sections import EvalSpec
-from hardctl.recipes.spec import KINDS, Arm, Recipe, _toy_module, describe_file, load_recipe, parse_recipe, recipe_path
+from hardctl.recipes.spec import KINDS, Arm, Recipe, toy_module, describe_file, load_recipe, parse_recipe, recipe_path
 
 
 def _select_arms(recipe: Recipe, arms: Iterable[str] | None, log) -> list[str]:
@@ -41,7 +41,7 @@ def _select_arms(recipe: Recipe, arms: Iterable[str] | None, log) -> list[str]:
 def _run_toy(recipe: Recipe, out_dir: Path, *, seeds: list[int], overrides: dict[str, str],
              arms: list[str] | None, reuse: bool, progress) -> dict[str, Any]:
     """Hand a toy recipe to :func:`hardctl.toy.run_recipe` (with the options it takes)."""
-    toy = _toy_module()
+    toy = toy_module()
     if toy is None:
         raise UsageError(f"recipe {recipe.name!r} is a toy recipe, and this hardctl has no hardctl.toy")
     accepted = inspect.signature(toy.run_recipe).parameters
@@ -91,7 +91,7 @@ def _plan(recipe: Recipe, arm_ids: list[str], seeds: list[int], out_dir: Path) -
 
 def _reusable(p: PlannedRun, reuse: bool) -> bool:
     return (reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
-            and (p.run_dir / SUMMARY_FILE).is_file() and _summary(p.run_dir) is not None)
+            and (p.run_dir / SUMMARY_FILE).is_file() and read_summary(p.run_dir) is not None)
 
 
 def _check_data(plan: list[PlannedRun], reuse: bool) -> None:
@@ -158,7 +158,7 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
         evaluation.preview(recipe, plan[0].cfg, evaluation.suites_for(recipe, eval_arm=False, columns=columns),
                            reporter.log)
 
-    from hardctl.distill.trainer import run as train_run
+    from hardctl.distill.run import run as train_run
 
     out_dir.mkdir(parents=True, exist_ok=True)
     statuses: dict[Path, str] = {}
@@ -196,11 +196,11 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
         summary_file = p.run_dir / SUMMARY_FILE
         matches = reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
         newest_dep = max((done_at.get(d, 0.0) for d in deps), default=0.0)
-        if matches and summary_file.is_file() and summary_file.stat().st_mtime >= newest_dep and _summary(p.run_dir):
+        if matches and summary_file.is_file() and summary_file.stat().st_mtime >= newest_dep and read_summary(p.run_dir):
             status = "reused"
             reporter.log(f"{tag}: finished before, reusing {p.run_dir}")
         else:
-            resume = matches and not summary_file.is_file() and _resumable(p.run_dir, p.cfg.epochs)
+            resume = matches and not summary_file.is_file() and resumable(p.run_dir, p.cfg.epochs)
             if resume:
                 status = "resumed"
                 reporter.log(f"{tag}: resuming the interrupted run in {p.run_dir}")

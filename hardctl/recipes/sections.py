@@ -2,8 +2,8 @@
 
 ``[eval]`` (:class:`EvalSpec`) names the ``hardctl eval`` suites every finished arm's model is scored on,
 where they find their sets and how they batch; ``[results]`` (:class:`ResultsSpec`) picks the columns
-of the results table, their labels and the reference arm of the KD deltas. :func:`_parse_eval` and
-:func:`_parse_results` validate them for :func:`hardctl.recipes.spec.parse_recipe`.
+of the results table, their labels and the reference arm of the KD deltas. :func:`parse_eval` and
+:func:`parse_results` validate them for :func:`hardctl.recipes.spec.parse_recipe`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from hardctl.errors import UsageError, did_you_mean
 
-__all__ = ["EVAL_KEYS", "RESULTS_KEYS", "EvalSpec", "ResultsSpec"]
+__all__ = ["EVAL_KEYS", "RESULTS_KEYS", "EvalSpec", "ResultsSpec", "check_keys", "check_table", "parse_eval", "parse_results"]
 
 EVAL_KEYS = ("suites", "data_root", "sets", "batch_size", "workers")
 RESULTS_KEYS = ("columns", "labels", "reference")
@@ -40,13 +40,13 @@ class ResultsSpec:
     reference: str | None = None  # None: the first distill arm without any augmentation
 
 
-def _table(raw: Any, what: str, source: str) -> dict[str, Any]:
+def check_table(raw: Any, what: str, source: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UsageError(f"recipe {source}: {what} must be a table, got {type(raw).__name__}")
     return raw
 
 
-def _check_keys(table: dict[str, Any], allowed: Iterable[str], what: str, source: str) -> None:
+def check_keys(table: dict[str, Any], allowed: Iterable[str], what: str, source: str) -> None:
     allowed = list(allowed)
     for key in table:
         if key not in allowed:
@@ -69,12 +69,12 @@ def _string_table(value: Any, what: str, source: str) -> dict[str, str]:
     return dict(value)
 
 
-def _parse_eval(raw: dict[str, Any], source: str) -> EvalSpec | None:
+def parse_eval(raw: dict[str, Any], source: str) -> EvalSpec | None:
     """``[eval]``: suites known to the plugin registry, and ``sets`` names that those suites read."""
     if "eval" not in raw:
         return None
-    table = _table(raw["eval"], "[eval]", source)
-    _check_keys(table, EVAL_KEYS, "[eval]", source)
+    table = check_table(raw["eval"], "[eval]", source)
+    check_keys(table, EVAL_KEYS, "[eval]", source)
     spec = EvalSpec(suites=_string_list(table.get("suites", []), "[eval] suites", source),
                     sets=_string_table(table.get("sets", {}), "[eval] sets", source))
     if "data_root" in table:
@@ -105,9 +105,9 @@ def _parse_eval(raw: dict[str, Any], source: str) -> EvalSpec | None:
     return spec
 
 
-def _parse_results(raw: dict[str, Any], source: str, arm_ids: list[str]) -> ResultsSpec:
-    table = _table(raw.get("results", {}), "[results]", source)
-    _check_keys(table, RESULTS_KEYS, "[results]", source)
+def parse_results(raw: dict[str, Any], source: str, arm_ids: list[str]) -> ResultsSpec:
+    table = check_table(raw.get("results", {}), "[results]", source)
+    check_keys(table, RESULTS_KEYS, "[results]", source)
     spec = ResultsSpec(labels=_string_table(table.get("labels", {}), "[results] labels", source))
     if "columns" in table:
         spec.columns = _string_list(table["columns"], "[results] columns", source)

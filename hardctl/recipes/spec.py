@@ -20,7 +20,7 @@ import tomli_w
 from hardctl import tomlio, values
 from hardctl.config import FIELD_TYPES, RunConfig
 from hardctl.errors import UsageError, did_you_mean
-from hardctl.recipes.sections import EvalSpec, ResultsSpec, _check_keys, _parse_eval, _parse_results, _table
+from hardctl.recipes.sections import EvalSpec, ResultsSpec, check_keys, parse_eval, parse_results, check_table
 
 KINDS = ("transfer", "toy")
 RECIPE_KEYS = ("name", "kind", "description", "paper", "seeds", "teacher_download")
@@ -127,8 +127,8 @@ def parse_value(key: str, text: str, where: str) -> Any:
 
 def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe") -> Recipe:
     """Validate a recipe document (already read from TOML) and return it as a :class:`Recipe`."""
-    head = _table(raw.get("recipe", {}), "[recipe]", source)
-    _check_keys(head, RECIPE_KEYS, "[recipe]", source)
+    head = check_table(raw.get("recipe", {}), "[recipe]", source)
+    check_keys(head, RECIPE_KEYS, "[recipe]", source)
     name = head.get("name", default_name)
     kind = head.get("kind", "transfer")
     for key in ("name", "kind", "description", "paper"):
@@ -137,7 +137,7 @@ def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe")
     if kind not in KINDS:
         raise UsageError(f"recipe {source}: unknown kind {kind!r}{did_you_mean(kind, KINDS)}",
                          hint=f"kinds: {', '.join(KINDS)}")
-    _check_keys(raw, SECTIONS[kind], f"a {kind} recipe (sections)", source)
+    check_keys(raw, SECTIONS[kind], f"a {kind} recipe (sections)", source)
     seeds = head.get("seeds", [0])
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
@@ -146,13 +146,13 @@ def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe")
         raise UsageError(f"recipe {source}: [recipe] seeds lists a seed twice: {seeds}")
     if kind == "toy":  # hardctl.toy owns the [toy] settings and the arms
         return _parse_toy(raw, source, name=name, head=head, seeds=seeds)
-    defaults = dict(_table(raw.get("defaults", {}), "[defaults]", source))
+    defaults = dict(check_table(raw.get("defaults", {}), "[defaults]", source))
     raw_arms = raw.get("arm", [])
     if not isinstance(raw_arms, list) or not raw_arms:
         raise UsageError(f"recipe {source}: no [[arm]] tables", hint="a recipe needs at least one arm")
     arms: list[Arm] = []
     for number, raw_arm in enumerate(raw_arms, 1):
-        table = dict(_table(raw_arm, f"[[arm]] number {number}", source))
+        table = dict(check_table(raw_arm, f"[[arm]] number {number}", source))
         arm_id = table.pop("id", None)
         if not isinstance(arm_id, str) or not ARM_ID.match(arm_id):
             raise UsageError(f"recipe {source}: [[arm]] number {number} needs an id of letters, digits, '-' "
@@ -171,13 +171,13 @@ def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe")
             raise UsageError(f"recipe {source}: [recipe] {key} must be a string, got {head[key]!r}")
     recipe = Recipe(name=name, kind=kind, description=head.get("description", ""), paper=head.get("paper", ""),
                     seeds=list(seeds), defaults=defaults, arms=arms, source=source, raw=copy.deepcopy(raw),
-                    eval=_parse_eval(raw, source), results=_parse_results(raw, source, [a.id for a in arms]),
+                    eval=parse_eval(raw, source), results=parse_results(raw, source, [a.id for a in arms]),
                     teacher_download=head.get("teacher_download", ""))
     _validate_transfer(recipe)
     return recipe
 
 
-def _toy_module():
+def toy_module():
     """:mod:`hardctl.toy`, or None where this hardctl has none."""
     try:
         from hardctl import toy
@@ -190,8 +190,8 @@ def _toy_module():
 
 def _parse_toy(raw: dict[str, Any], source: str, *, name: str, head: dict[str, Any], seeds: list[int]) -> Recipe:
     """A ``kind = "toy"`` recipe: ``[toy]`` holds :class:`hardctl.toy.ToySettings` values, checked here."""
-    settings = dict(_table(raw.get("toy", {}), "[toy]", source))
-    toy = _toy_module()
+    settings = dict(check_table(raw.get("toy", {}), "[toy]", source))
+    toy = toy_module()
     arms: list[Arm] = []
     if toy is not None:
         try:
@@ -207,7 +207,7 @@ def _validate_transfer(recipe: Recipe) -> None:
     source = recipe.source
     if PER_SEED in recipe.defaults:
         raise UsageError(f"recipe {source}: [defaults] sets seed", hint="seeds come from [recipe] seeds or --seeds")
-    _check_keys(recipe.defaults, RUN_FIELDS, "[defaults]", source)
+    check_keys(recipe.defaults, RUN_FIELDS, "[defaults]", source)
     for key, value in recipe.defaults.items():
         recipe.defaults[key] = check_value(key, value, f"recipe {source}, [defaults]")
     seen: list[str] = []
@@ -215,7 +215,7 @@ def _validate_transfer(recipe: Recipe) -> None:
         if PER_SEED in arm.values:
             raise UsageError(f"recipe {source}: arm {arm.id!r} sets seed",
                              hint="seeds come from [recipe] seeds or --seeds")
-        _check_keys(arm.values, (*ARM_OWN_KEYS, *RUN_FIELDS), f"arm {arm.id!r}", source)
+        check_keys(arm.values, (*ARM_OWN_KEYS, *RUN_FIELDS), f"arm {arm.id!r}", source)
         for key, value in arm.values.items():
             arm.values[key] = check_value(key, value, f"recipe {source}, arm {arm.id!r}")
         for ref in arm.refs:
