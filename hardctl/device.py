@@ -18,12 +18,27 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def select_device(requested: str) -> torch.device:
-    """``auto`` is CUDA when present, else the CPU; an explicit CUDA device must exist."""
+    """``auto`` is CUDA when present, else the CPU. Anything else must name a device this machine has, checked
+    here, before any work: ``cpu``, ``cuda`` or ``cuda:N`` with ``N`` below the number of GPUs."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available", hint="use --device cpu")
+    hint = "use --device auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {requested!r} is not a device name", hint=hint) from None
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise UsageError(f"--device {requested} does not exist: the CPU is one device", hint="use --device cpu")
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise UsageError(f"--device {requested!r} is not supported (hardctl trains on cpu or cuda)", hint=hint)
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {requested} was asked for but CUDA is not available", hint="use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"--device {requested} does not exist: this machine has {count} GPU{'s' * (count != 1)}",
+                         hint=f"use cuda:0 .. cuda:{count - 1}")
     return device
 
 

@@ -122,7 +122,7 @@ def test_resume_refuses_changed_options_and_non_runs(cli, tmp_path, digits_teach
     one_line_error(cli("train", "--resume", digits_teacher, "--lr", "0.5"), 2, "drop --lr")
     one_line_error(cli("distill", "--resume", digits_teacher), 2, "is a 'train' run")
     one_line_error(cli("train", "--resume", tmp_path), 2, "not a hardctl run directory")
-    one_line_error(cli("train", "--resume", digits_teacher), 2, "already finished its 2 epochs")
+    one_line_error(cli("train", "--resume", digits_teacher), 2, "already finished: it ran its 2 epochs")
 
 
 def test_option_validation_is_a_usage_error(cli, tmp_path):

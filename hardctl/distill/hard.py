@@ -97,6 +97,7 @@ class Hard:
         self.steps, self.phase_steps = 0, 0  # augmentor steps in all, and in the current phase
         self.phase_time = {STUDENT: 0.0, AUGMENTOR: 0.0, JOINT: 0.0}
         self.output_checked = False
+        self.last_output: torch.Tensor | None = None
 
     @property
     def joint(self) -> bool:
@@ -111,10 +112,18 @@ class Hard:
         return disagreement(student_logits, teacher_logits if self.cfg.switch_on == "teacher" else labels)
 
     def check(self, images: torch.Tensor, augmented: torch.Tensor) -> None:
-        """The augmentor's first output is checked for shape, finiteness and range (one line naming the plugin)."""
+        """The augmentor's first output is checked for shape, finiteness and range (one line naming the plugin);
+        later outputs are kept for :meth:`blame`, which looks at them only when a loss is no longer finite."""
+        self.last_output = augmented
         if not self.output_checked:
             check_output(self.augmentor, images, augmented)
             self.output_checked = True
+
+    def blame(self) -> None:
+        """Raise the one-line error naming the augmentor plugin if its last output is what made a loss NaN."""
+        out = self.last_output
+        if out is not None and not bool(torch.isfinite(out.detach()).all()):
+            check_output(self.augmentor, out, out)
 
     def draw_batch(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """An augmentor step's own batch of ``aug_batch_size`` training images (seeded, resumable)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from hardctl.atomic import atomic_write_json
 from hardctl.config import RunConfig
+from hardctl.device import select_device
 from hardctl.distill import rundir
 from hardctl.distill.build import build
 from hardctl.distill.progress import Reporter
@@ -24,6 +25,7 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
         reporter: Reporter | None = None) -> dict[str, Any]:
     """Build, train and summarise one run in ``out``; returns the summary."""
     cfg = cfg.validate().resolve_hard()
+    select_device(cfg.device)  # a device this machine lacks is a usage error before --out is touched
     out = Path(out).expanduser()
     created = not out.exists()
     run_dir = rundir.prepare_run_dir(out, resume=resume, force=force)

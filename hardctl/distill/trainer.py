@@ -93,6 +93,8 @@ class Trainer:
         """Train to the end (or the plateau schedule's stop) and return the run's summary."""
         self.start_run()
         for epoch in range(self.epoch, self.cfg.epochs):
+            if self.stopped_early is not None:  # the plateau schedule ended the run (before a resume)
+                break
             self.start_epoch(epoch)
             started, totals = time.perf_counter(), EpochTotals()
             for images, labels in self.loader:
@@ -103,8 +105,6 @@ class Trainer:
                 self.log_step(record)
             self.end_epoch(totals.record(epoch + 1, self.step_count, self.scheduler.get_last_lr()[0],
                                          self.evaluate(self.components.data.val), time.perf_counter() - started))
-            if self.stopped_early is not None:  # the plateau schedule ran out of decays
-                break
         return self.finish()
 
     def train_batch(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
@@ -248,10 +248,14 @@ class Trainer:
             return
         last = self.run_dir / rundir.LAST_CHECKPOINT
         kept = f"; the last good checkpoint {last} is intact" if last.is_file() else ""
-        raise TrainingError(
-            f"{what} became {loss.item()} at epoch {self.epoch + 1}, step {self.step_count + 1}{kept}",
-            hint="lower --lr, or use --amp off",
-        )
+        where = f"at epoch {self.epoch + 1}, step {self.step_count + 1}{kept}"
+        if self.hard is not None:
+            try:  # a learned augmentor whose pixels went NaN is named, instead of blaming the learning rate
+                self.hard.blame()
+            except TrainingError as exc:
+                raise TrainingError(f"{exc.message} {where}", hint="check the augmentor's parameters and "
+                                    "--aug-lr; a plugin's author can reproduce it with --debug") from None
+        raise TrainingError(f"{what} became {loss.item()} {where}", hint="lower --lr, or use --amp off")
 
     def log_step(self, record: dict[str, Any], *, progress: bool = True) -> None:
         if self.steps_log is not None:
@@ -333,13 +337,14 @@ class Trainer:
     def resume(self) -> dict[str, Any]:
         """Continue from ``checkpoints/last.pt``: weights, optimiser, schedule, scaler, RNG and logs."""
         state = rundir.load_checkpoint(self.run_dir / rundir.LAST_CHECKPOINT)
-        if state["epoch"] >= self.cfg.epochs:
-            raise UsageError(f"{self.run_dir} has already finished its {self.cfg.epochs} epochs",
-                             hint="start a new run with --out")
         stopped = state["scheduler"].get("stopped_epoch")
-        if stopped is not None:
-            raise UsageError(f"{self.run_dir} has already finished: the plateau schedule stopped it after epoch "
-                             f"{stopped}", hint="start a new run with --out")
+        trained = state["epoch"] >= self.cfg.epochs or stopped is not None
+        if trained and (self.run_dir / rundir.SUMMARY_FILE).is_file():
+            done = (f"the plateau schedule stopped it after epoch {stopped}" if stopped is not None
+                    else f"it ran its {self.cfg.epochs} epochs")
+            raise UsageError(f"{self.run_dir} has already finished: {done}", hint="start a new run with --out")
+        # trained but without a summary: killed after its last checkpoint; fit() goes straight to finish()
+        self.stopped_early = stopped
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

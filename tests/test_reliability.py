@@ -1,0 +1,89 @@
+"""Issue 11's fault-injection corpus: bad input gets one line and the right exit code before any work, and a
+run that was killed can always be finished."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hardctl.config import RunConfig
+from hardctl.device import select_device
+from hardctl.distill.run import run
+from hardctl.errors import TrainingError, UsageError
+
+TINY = dict(data="digits", model="mnist_mlp", epochs=1, batch_size=256, lr=2e-3)
+
+
+def one_line_error(result, code: int, *fragments: str) -> str:
+    assert result.code == code, (result.code, result.err)
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hardctl: error: "), result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------------ devices
+@pytest.mark.parametrize("device, message", [
+    ("cpu:1", "--device cpu:1 does not exist: the CPU is one device"),
+    ("tpu", "--device 'tpu' is not a device name"),
+    ("cuda:abc", "--device 'cuda:abc' is not a device name"),
+    ("mps", "--device 'mps' is not supported"),
+])
+def test_a_device_this_machine_lacks_is_a_usage_error(device, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        select_device(device)
+
+
+def test_cpu_devices_are_accepted():
+    assert select_device("cpu") == torch.device("cpu") == select_device("cpu:0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            select_device("cuda:0")
+
+
+@pytest.mark.parametrize("device", ["cpu:1", "tpu", "cuda:abc"])
+def test_a_bad_device_stops_the_run_before_anything_is_written(cli, tmp_path, device):
+    out = tmp_path / "run"
+    one_line_error(cli("train", "--model", "mlp", "--data", "digits", "--device", device, "--out", out), 2,
+                   "--device")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(tmp_path):
+    """Killed between the final checkpoint and summary.json: --resume redoes the final evaluation and summary."""
+    cfg = RunConfig(command="train", **TINY)
+    straight = run(cfg, tmp_path / "run")
+    summary_file = tmp_path / "run" / "summary.json"
+    summary_file.unlink()  # what a kill after checkpoints/last.pt leaves
+    steps = (tmp_path / "run" / "steps.jsonl").read_text()
+    finished = run(RunConfig.load(tmp_path / "run"), tmp_path / "run", resume=True)
+    assert finished["student"] == straight["student"] and finished["steps"] == straight["steps"]
+    assert json.loads(summary_file.read_text())["student"] == straight["student"]
+    assert (tmp_path / "run" / "steps.jsonl").read_text() == steps  # no step was trained again
+    with pytest.raises(UsageError, match="has already finished: it ran its 1 epochs"):
+        run(RunConfig.load(tmp_path / "run"), tmp_path / "run", resume=True)
+
+
+# ------------------------------------------------------------------------------------------------ NaN
+def test_an_augmentor_whose_pixels_go_nan_is_named(tmp_path, digits_teacher, monkeypatch):
+    """A learned augmentor that turns NaN after its first (checked) output is named, not the learning rate."""
+    from hardctl_builtins.augmentors import AffineAugmentor
+
+    calls = {"n": 0}
+    original = AffineAugmentor.apply_transform
+
+    def poisoned(self, x, params):
+        calls["n"] += 1
+        out = original(self, x, params)
+        return out if calls["n"] < 3 else out * float("nan")
+
+    monkeypatch.setattr(AffineAugmentor, "apply_transform", poisoned)
+    cfg = RunConfig(command="distill", teacher=str(digits_teacher), augmentor="affine", **TINY)
+    with pytest.raises(TrainingError, match=r"augmentor 'affine' \(plugin builtin_augmentors\) returned "
+                                            r"non-finite .* at epoch 1, step \d+") as exc:
+        run(cfg, tmp_path / "run")
+    assert "lower --lr" not in str(exc.value)
