@@ -50,6 +50,7 @@ from hardctl.distill.build import build
 from hardctl.distill.trainer import Trainer
 from hardctl.errors import HardctlError
 from hardctl.models import create_model, save_model
+from hardctl.distill.build import resolve_config
 
 KINDS = ("kd", "student", "augmentor")
 PARTS = ("pool-augment", "aug-batch")  # parts of the student and augmentor steps, timed alone
@@ -76,7 +77,7 @@ def make_trainers(args, teacher: Path, run_root: Path) -> tuple[Trainer, Trainer
                     augmentor=args.augmentor, aug_batch_size=args.aug_batch_size,
                     l_min=0.0, l_max=1.0,  # an error can be neither < 0 nor > 1: no switch fires
                     max_aug_steps=10**9)  # and no step cap ends an augmentor phase
-    cfg = cfg.validate().resolve_hard()
+    cfg = resolve_config(cfg)
     components = build(cfg)
     quiet = Reporter()
     hard = Trainer(components, run_root / "hard", reporter=quiet)

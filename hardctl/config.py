@@ -21,6 +21,9 @@ from hardctl.runfiles import CONFIG_FILE
 from hardctl.tomlio import read_toml
 from hardctl.values import check_value
 
+OPTIMIZERS = ("adam", "adamw", "lion", "sgd")  # --optimizer (built in hardctl.distill.schedules)
+SCHEDULES = ("cosine", "plateau")  # --schedule
+
 # RunConfig field -> HardDefaults field, for the HARD settings an augmentor gives defaults for.
 HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patience", "lambda_s": "lambda_s",
                  "lambda_t": "lambda_t", "aug_lr": "lr", "aug_batch_size": "batch_size"}
@@ -88,18 +91,15 @@ class RunConfig:
     def uses_hard(self) -> bool:
         return self.command == "distill" and self.augmentor.strip().lower() != "none"
 
-    def resolve_hard(self) -> "RunConfig":
-        """Fill the unset HARD settings from the augmentor's defaults and check its options (a new config)."""
-        if not self.uses_hard:
-            return self
-        from hardctl.augment import resolve, resolved_options
-
-        defaults = resolve(self.augmentor)[0].hard_defaults  # a composition takes its first part's
+    def with_hard_defaults(self, defaults: Any, aug_options: dict[str, Any]) -> "RunConfig":
+        """A new config whose unset HARD settings come from ``defaults`` (an augmentor's
+        :class:`~hardctl.augment.HardDefaults`) and whose augmentor options are ``aug_options`` (all resolved).
+        :func:`hardctl.distill.build.resolve_config` looks both up in the plugin registry."""
         values = dataclasses.asdict(self)
         for name, default_name in HARD_SETTINGS.items():
             if values[name] is None:
                 values[name] = getattr(defaults, default_name)
-        values["aug_options"] = resolved_options(self.augmentor, self.aug_options)
+        values["aug_options"] = aug_options
         return RunConfig(**values).validate()
 
     @classmethod
@@ -112,8 +112,8 @@ class RunConfig:
         return cls(**{key: check_value(value, FIELD_TYPES[key], f"config {key}") for key, value in values.items()})
 
     def validate(self) -> "RunConfig":
-        from hardctl.distill.schedules import OPTIMIZERS, SCHEDULES
-
+        """Check every value that needs nothing installed (names of augmentations and augmentors are checked
+        against what is installed by :func:`hardctl.distill.build.resolve_config`)."""
         for flag, value, choices in (("--optimizer", self.optimizer, OPTIMIZERS),
                                      ("--schedule", self.schedule, SCHEDULES)):
             if value not in choices:
@@ -156,9 +156,6 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
-        from hardctl.data.transforms import parse_augment
-
-        parse_augment(self.augment)  # an unknown part is a usage error naming it
         if self.command == "distill" and not self.teacher:
             raise UsageError("distill needs --teacher", hint="pass a run directory, safetensors file or timm name")
         return self

@@ -18,6 +18,7 @@ from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
 from hardctl.distill.run import run
 from hardctl.distill.trainer import Trainer
 from hardctl.errors import TrainingError, UsageError
+from hardctl.distill.build import resolve_config
 
 SMALL = dict(data="digits", model="mnist_mlp", epochs=1, batch_size=64, lr=5e-3)
 
@@ -47,7 +48,7 @@ def test_switching_rule_follows_the_thresholds_for_k_consecutive_iterations():
 
 
 def _trainer(tmp_path, teacher, **overrides) -> Trainer:
-    cfg = RunConfig(command="distill", teacher=str(teacher), **{**SMALL, **overrides}).validate().resolve_hard()
+    cfg = resolve_config(RunConfig(command="distill", teacher=str(teacher), **{**SMALL, **overrides}))
     (tmp_path / "run").mkdir(exist_ok=True)
     return Trainer(build(cfg), tmp_path / "run")
 
@@ -133,7 +134,7 @@ def test_hard_run_switches_saves_a_pool_and_resumes_identically(tmp_path, digits
 
 
 def test_resolved_config_takes_the_augmentors_paper_defaults(tmp_path):
-    cfg = RunConfig(command="distill", teacher="t", augmentor="affine", l_max=0.6).validate().resolve_hard()
+    cfg = resolve_config(RunConfig(command="distill", teacher="t", augmentor="affine", l_max=0.6))
     assert (cfg.l_min, cfg.l_max, cfg.switch_patience, cfg.lambda_s, cfg.lambda_t, cfg.aug_lr, cfg.aug_batch_size) == (
         0.05, 0.6, 5, 1.0, 1.0, 0.05, 128)
     assert cfg.aug_options == {"sigma_init": 0.01, "padding_mode": "zeros", "align_corners": False,
@@ -143,9 +144,9 @@ def test_resolved_config_takes_the_augmentors_paper_defaults(tmp_path):
     with pytest.raises(UsageError, match=r"--l-min \(0.5\) must be below --l-max \(0.4\)"):
         RunConfig(command="distill", teacher="t", l_min=0.5, l_max=0.4).validate()
     with pytest.raises(UsageError, match=r"--l-min \(0.5\) must be below --l-max \(0.4\)"):
-        RunConfig(command="distill", teacher="t", l_min=0.5).validate().resolve_hard().__class__(
+        resolve_config(RunConfig(command="distill", teacher="t", l_min=0.5)).__class__(
             command="distill", teacher="t", l_min=0.5, l_max=0.4).validate()
-    plain = RunConfig(command="distill", teacher="t", augmentor="none").resolve_hard()
+    plain = resolve_config(RunConfig(command="distill", teacher="t", augmentor="none"))
     assert plain.l_min is None and not plain.uses_hard
 
 

@@ -17,6 +17,7 @@ from hardctl.augment.pool import pool_files, read_entry
 from hardctl.config import RunConfig
 from hardctl.errors import UsageError
 from hardctl.visualize import GRID_META_KEY, assemble_grid, render
+from hardctl.distill.build import resolve_config
 
 
 def mix(in_chans=1, size=(16, 16), **options) -> MixAugmentor:
@@ -202,8 +203,8 @@ def test_plugins_lists_mix_with_its_options(cli):
 def make_mix_run(run: Path, moves: list[dict]) -> Path:
     """A HARD-Mix run directory as the trainer leaves it (config, pool, steps), without training."""
     run.mkdir(parents=True)
-    cfg = RunConfig(command="distill", data="digits", model="hard_mnist_mlp", teacher="teacher-run",
-                    augmentor="mix", aug_options={}).resolve_hard()
+    cfg = resolve_config(RunConfig(command="distill", data="digits", model="hard_mnist_mlp", teacher="teacher-run",
+                    augmentor="mix", aug_options={}))
     cfg.save(run)
     aug = build_augmentor("mix", {}, in_chans=1, img_size=(16, 16))
     pool = AugmentorPool(aug, run / "augmentors")

@@ -17,6 +17,7 @@ from hardctl.distill.losses import kd_loss, soft_cross_entropy
 from hardctl.distill.tasks import SupervisedTask
 from hardctl.errors import UsageError
 from hardctl.models import ModelInfo
+from hardctl.distill.build import resolve_config
 from conftest import InterruptAt
 
 B, K = 8, 10
@@ -184,8 +185,8 @@ def test_hard_augmentor_batches_are_mixed_too(tmp_path, digits_teacher):
     from hardctl.distill.build import build
     from hardctl.distill.trainer import Trainer
 
-    cfg = RunConfig(command="distill", teacher=str(digits_teacher), model="mnist_mlp", augmentor="affine",
-                    mixup=0.2, switch_on="labels", aug_batch_size=16).validate().resolve_hard()
+    cfg = resolve_config(RunConfig(command="distill", teacher=str(digits_teacher), model="mnist_mlp", augmentor="affine",
+                    mixup=0.2, switch_on="labels", aug_batch_size=16))
     (tmp_path / "run").mkdir()
     trainer = Trainer(build(cfg), tmp_path / "run")
     trainer.start_run()  # the pool starts with the identity entry

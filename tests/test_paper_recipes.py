@@ -26,6 +26,7 @@ from hardctl import tomlio
 from hardctl.config import RunConfig
 from hardctl.recipes import load_recipe
 from hardctl.recipes.overrides import apply_overrides, parse_overrides
+from hardctl.distill.build import resolve_config
 
 CIFAR = ["cifar10-resnet18-vit", "cifar10-resnet101-vit", "cifar10-resnet101-resnet18"]
 IMAGENET = ["imagenet-resnet50-resnet18", "imagenet-resnet50-vit-s"]
@@ -148,7 +149,7 @@ def test_the_paper_recipes_are_registered_and_show(cli):
 def configs(name: str, *sets: str) -> dict[str, RunConfig]:
     recipe = apply_overrides(load_recipe(name), parse_overrides(sets))
     dirs = {a.id: Path(f"/runs/{a.id}") for a in recipe.arms}
-    return {arm.id: recipe.config(arm, 0, dirs).resolve_hard() for arm in recipe.arms}
+    return {arm.id: resolve_config(recipe.config(arm, 0, dirs)) for arm in recipe.arms}
 
 
 def test_mnist_recipes_hold_the_orbit_settings():

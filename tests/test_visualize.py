@@ -1,7 +1,7 @@
 """``hardctl visualize``: the augmentation grid and the phase plot of a HARD run.
 
 The run directories are written by hand (config.toml, pool snapshots through AugmentorPool, a
-steps.jsonl), which is what HardTrainer leaves behind, so these tests need no training.
+steps.jsonl), which is what a HARD run leaves behind, so these tests need no training.
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ from PIL import Image
 from hardctl.augment import AugmentorPool, build_augmentor
 from hardctl.config import RunConfig
 from hardctl.errors import UsageError
+from hardctl.distill.build import resolve_config
 from hardctl.visualize import (GRID_META_KEY, assemble_grid, choose_snapshots, plot_phases, read_steps,
                                render)
 
 
 def make_run(run: Path, augmentor: str = "affine", aug_options: dict | None = None, *,
              moves: list[dict] | None = None, phases: str = "alternate", iterations: int = 40) -> Path:
-    """A HARD run directory as HardTrainer leaves it; ``moves[k]`` sets parameters before entry k + 1."""
+    """A HARD run directory as the trainer leaves it; ``moves[k]`` sets parameters before entry k + 1."""
     run.mkdir(parents=True)
-    cfg = RunConfig(command="distill", data="digits", model="hard_mnist_mlp", teacher="teacher-run",
-                    augmentor=augmentor, aug_options=dict(aug_options or {}), l_min=0.5, l_max=0.6).resolve_hard()
+    cfg = resolve_config(RunConfig(command="distill", data="digits", model="hard_mnist_mlp", teacher="teacher-run",
+                    augmentor=augmentor, aug_options=dict(aug_options or {}), l_min=0.5, l_max=0.6))
     cfg.save(run)
     if augmentor != "none":
         aug = build_augmentor(cfg.augmentor, cfg.aug_options, in_chans=1, img_size=(16, 16))

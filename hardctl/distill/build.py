@@ -14,16 +14,16 @@ import torch
 from torch import nn
 
 from hardctl import plugins
-from hardctl.augment import build_augmentor, split_name
+from hardctl.augment import build_augmentor, resolve, resolved_options, split_name
 from hardctl.config import RunConfig
 from hardctl.data import DataBundle, load_data, parse_spec
 from hardctl.data.mixing import build_mixer
-from hardctl.data.transforms import augmented_train
+from hardctl.data.transforms import augmented_train, parse_augment
 from hardctl.device import select_amp, select_device
 from hardctl.distill.tasks import DistillTask, SupervisedTask
 from hardctl.models import ModelInfo, describe, load_for_data
 
-__all__ = ["Components", "build"]
+__all__ = ["Components", "build", "resolve_config"]
 
 
 @dataclass
@@ -41,6 +41,18 @@ class Components:
     augmentor: nn.Module | None = None  # HARD's learned augmentor (distill with --augmentor)
     mixer: Any = None  # --mixup/--cutmix: (images, labels) -> (mixed images, soft targets), per training batch
     provenance: dict[str, Any] = field(default_factory=dict)  # which plugin (and version) supplied data, augmentor
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` checked against what is installed, with HARD's settings resolved: the baseline augmentation
+    names, and for HARD the augmentor (its options checked, its paper defaults filling the unset thresholds,
+    λ's, learning rate and batch size). What a run directory's ``config.toml`` records."""
+    cfg = cfg.validate()
+    parse_augment(cfg.augment)  # an unknown part is a usage error naming it
+    if not cfg.uses_hard:
+        return cfg
+    defaults = resolve(cfg.augmentor)[0].hard_defaults  # a composition takes its first part's
+    return cfg.with_hard_defaults(defaults, resolved_options(cfg.augmentor, cfg.aug_options))
 
 
 def build(cfg: RunConfig) -> Components:

@@ -14,7 +14,7 @@ from hardctl.atomic import atomic_write_json
 from hardctl.config import RunConfig
 from hardctl.device import select_device
 from hardctl.distill import rundir
-from hardctl.distill.build import build
+from hardctl.distill.build import build, resolve_config
 from hardctl.distill.progress import Reporter
 from hardctl.distill.trainer import Trainer
 
@@ -24,7 +24,7 @@ __all__ = ["run"]
 def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
         reporter: Reporter | None = None) -> dict[str, Any]:
     """Build, train and summarise one run in ``out``; returns the summary."""
-    cfg = cfg.validate().resolve_hard()
+    cfg = resolve_config(cfg)
     select_device(cfg.device)  # a device this machine lacks is a usage error before --out is touched
     out = Path(out).expanduser()
     created = not out.exists()

@@ -17,13 +17,14 @@ import math
 from collections.abc import Iterable
 
 import torch
+
 from torch.optim.lr_scheduler import LRScheduler
+
+from hardctl.config import OPTIMIZERS, SCHEDULES
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "PlateauSchedule", "lr_lambda", "make_optimizer",
            "IMPROVED", "WAIT", "DECAY", "STOP"]
 
-OPTIMIZERS = ("adam", "adamw", "lion", "sgd")
-SCHEDULES = ("cosine", "plateau")
 SGD_MOMENTUM = 0.9
 
 # what PlateauSchedule.observe returns

@@ -71,6 +71,8 @@ def _with_recipe_hint(exc: DataError, cfg_data: str) -> DataError:
 
 
 def _plan(recipe: Recipe, arm_ids: list[str], seeds: list[int], out_dir: Path) -> list[PlannedRun]:
+    from hardctl.distill.build import resolve_config
+
     plan: list[PlannedRun] = []
     for index, seed in enumerate(seeds):  # seed by seed: an interrupted recipe leaves whole seeds behind
         run_dirs = {arm_id: out_dir / arm_id / f"seed-{seed}" for arm_id in arm_ids}
@@ -82,7 +84,7 @@ def _plan(recipe: Recipe, arm_ids: list[str], seeds: list[int], out_dir: Path) -
                 continue
             cfg = recipe.config(arm, seed, run_dirs)
             try:
-                cfg = cfg.resolve_hard()
+                cfg = resolve_config(cfg)
             except UsageError as exc:
                 raise UsageError(f"recipe {recipe.name!r}, arm {arm_id!r}: {exc.message}", hint=exc.hint) from None
             plan.append(PlannedRun(arm, seed, run_dirs[arm_id], cfg))
