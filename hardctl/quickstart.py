@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from hardctl.config import RunConfig
+from hardctl.runfiles import SUMMARY_FILE
 
 __all__ = ["DEFAULT_DISTILL", "DEFAULT_TEACHER", "cache_dir", "default_teacher", "apply_default_recipe"]
 
@@ -48,7 +49,7 @@ def default_teacher(data: str, *, shift_px: int | None = None, say=None) -> Path
     spec = DEFAULT_TEACHER
     target = cache_dir() / "teachers" / (f"{_slug(data)}-{spec['model']}-e{spec['epochs']}-s{spec['seed']}"
                                          f"-{spec['augment']}")
-    if (target / "summary.json").is_file():
+    if (target / SUMMARY_FILE).is_file():
         say(f"hardctl: using the cached default teacher {target}")
         return target
     say(f"hardctl: no --teacher given and no cached teacher for {data}: training {spec['model']} once "

@@ -54,6 +54,7 @@ from torch import nn
 
 from hardctl.atomic import atomic_path
 from hardctl.augment import build_augmentor
+from hardctl.config import threshold_problem
 from hardctl.distill.hard import Hard, HardSettings
 from hardctl.distill.losses import hard_objective
 from hardctl.distill.phases import AUGMENTOR, STUDENT
@@ -113,8 +114,9 @@ class ToySettings:
         for name in ("lr", "aug_lr", "noise_sigma", "hard_sigma_init", "hist_range"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive")
-        if not 0 <= self.l_min < self.l_max:
-            problems.append(f"l_min ({self.l_min}) must be >= 0 and below l_max ({self.l_max})")
+        thresholds = threshold_problem(self.l_min, self.l_max)
+        if thresholds:
+            problems.append(thresholds)
         if not self.test_low < self.test_high:
             problems.append("test_low must be below test_high")
         if not self.seeds:

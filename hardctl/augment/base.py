@@ -33,7 +33,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-__all__ = ["Option", "HardDefaults", "Augmentor", "parse_option_value"]
+from hardctl.values import parse_value
+
+__all__ = ["Option", "HardDefaults", "Augmentor"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Option:
 
     def parse(self, raw: Any, owner: str) -> Any:
         """``raw`` (a string from the command line or a TOML value) checked and converted, or UsageError."""
-        value = parse_option_value(raw, self.type, f"{owner} option {self.name!r}")
+        value = parse_value(raw, self.type, f"{owner} option {self.name!r}")
         where = f"{owner} option {self.name}={value!r}"
         from hardctl.errors import UsageError
 
@@ -88,36 +90,6 @@ class Option:
         elif self.min is not None or self.max is not None:
             bounds = f" (range {self.min if self.min is not None else '-inf'}..{self.max if self.max is not None else 'inf'})"
         return f"{self.name}={self.default!r}{bounds}: {self.help}"
-
-
-def parse_option_value(raw: Any, kind: type, what: str) -> Any:
-    """Convert ``raw`` to ``kind`` (bool, int, float or str); strings come from ``KEY=VALUE`` flags."""
-    from hardctl.errors import UsageError
-
-    if isinstance(raw, str) and kind is not str:
-        text = raw.strip().lower()
-        if kind is bool:
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise UsageError(f"{what} must be true or false, got {raw!r}")
-        try:
-            number = float(text) if kind is float else int(text)
-        except ValueError:
-            raise UsageError(f"{what} must be {'a number' if kind is float else 'an integer'}, got {raw!r}") from None
-        return number
-    if kind is bool and not isinstance(raw, bool):
-        raise UsageError(f"{what} must be true or false, got {raw!r}")
-    if kind is int and (isinstance(raw, bool) or not isinstance(raw, int)):
-        raise UsageError(f"{what} must be an integer, got {raw!r}")
-    if kind is float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise UsageError(f"{what} must be a number, got {raw!r}")
-        return float(raw)
-    if kind is str and not isinstance(raw, str):
-        raise UsageError(f"{what} must be a string, got {raw!r}")
-    return raw
 
 
 class Augmentor(nn.Module):
