@@ -62,9 +62,9 @@ class RunConfig:
     shift_px: int | None = None  # None: 3 px per 28 px of image side (see hardctl.data.shift)
     shift_seed: int = 0
     log_every: int = 20
-    augment: str = "none"  # baseline augmentation of the training images (hardctl.data.transforms), before HARD's
+    augment: str = "none"  # baseline augmentation of the training images (hardctl.data.baselines), before HARD's
     random_erasing: float = 0.0  # probability of v2.RandomErasing per image, after --augment (timm's --reprob)
-    mixup: float = 0.0  # MixUp's Beta(α, α) per batch (hardctl.data.mixing); 0 = off
+    mixup: float = 0.0  # MixUp's Beta(α, α) per batch (hardctl.data.batchmix); 0 = off
     cutmix: float = 0.0  # CutMix's Beta(α, α) per batch; 0 = off
     mix_switch_prob: float = 0.5  # with both on: probability of CutMix for a batch (timm's --mixup-switch-prob)
     # HARD (distill only). None: the augmentor's own default (see hardctl.augment.HardDefaults).

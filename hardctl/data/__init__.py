@@ -133,13 +133,13 @@ def load_data(spec: str, *, shift_px: int | None = None, shift_seed: int = 0, se
     The validation split holds out ``sets.val_fraction`` of the training set (always the same images)
     and is read through ``sets.train_eval`` where the data set has one. ``seed`` seeds the random
     transform of a data set whose training view has one (ImageNet's crops; per image, as
-    :class:`hardctl.data.transforms.AugmentedImages` does); ``None`` leaves it on the global RNG.
+    :class:`hardctl.data.baselines.AugmentedImages` does); ``None`` leaves it on the global RNG.
     """
     sets = build_datasets(spec)
     if shift_px is None:
         shift_px = default_shift_px(sets.img_size)
     if seed is not None and sets.train_eval is not None:
-        from hardctl.data.transforms import AugmentedImages
+        from hardctl.data.baselines import AugmentedImages
 
         if isinstance(sets.train, AugmentedImages):
             sets.train.seed = seed

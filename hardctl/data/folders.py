@@ -220,7 +220,7 @@ def load_imagenet_dataset(arg: str | None) -> ImageDatasets:
     Classes are the wnid folders of ``train/`` in sorted order: for the full release the 1000 indices
     that timm's and torchvision's ImageNet models use; a smaller tree has as many classes as folders.
     ``val/`` may lack classes but must not add any. Training images: random resized crop to 224 and a
-    horizontal flip, per image seeded (:class:`~hardctl.data.transforms.AugmentedImages`; ``load_data``
+    horizontal flip, per image seeded (:class:`~hardctl.data.baselines.AugmentedImages`; ``load_data``
     passes the run's seed). The validation split (1 % of the training images, appendix A.2) and the test
     split (``val/``) are resized to 256 and centre-cropped to 224. No header is read up front: with
     1.28 M files that alone would take minutes, and every image is converted to RGB anyway.
@@ -252,7 +252,7 @@ def load_imagenet_dataset(arg: str | None) -> ImageDatasets:
     train_paths, train_labels = _pairs(train_files, index)
     test = ImageFolderImages(*_pairs(val_files, index), None, "RGB", imagenet_eval_transform())
     train_eval = ImageFolderImages(train_paths, train_labels, None, "RGB", imagenet_eval_transform())
-    from hardctl.data.transforms import AugmentedImages
+    from hardctl.data.baselines import AugmentedImages
 
     # The decoded PIL image is the "image" AugmentedImages hands to its transform: the crop happens at
     # full resolution, seeded per image like every baseline augmentation.

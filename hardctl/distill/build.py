@@ -17,8 +17,8 @@ from hardctl import plugins
 from hardctl.augment import build_augmentor, resolve, resolved_options, split_name
 from hardctl.config import RunConfig
 from hardctl.data import DataBundle, load_data, parse_spec
-from hardctl.data.mixing import build_mixer
-from hardctl.data.transforms import augmented_train, parse_augment
+from hardctl.data.batchmix import build_mixer
+from hardctl.data.baselines import augmented_train, parse_augment
 from hardctl.device import select_amp, select_device
 from hardctl.distill.tasks import DistillTask, SupervisedTask
 from hardctl.models import ModelInfo, describe, load_for_data

@@ -6,7 +6,7 @@ same magnitude whatever the temperature::
     L_KD = T² · KL( softmax(z_t / T) ‖ softmax(z_s / T) )      averaged over the batch ("batchmean")
     L    = w_kd · L_KD + w_ce · CE(z_s, y)
 
-``y`` may be class indices ``B`` or soft targets ``B×K`` (MixUp/CutMix, :mod:`hardctl.data.mixing`):
+``y`` may be class indices ``B`` or soft targets ``B×K`` (MixUp/CutMix, :mod:`hardctl.data.batchmix`):
 ``CE(z, y) = −Σ_k y_k log softmax(z)_k``, batch mean. Label smoothing ``ε`` replaces ``y`` by
 ``(1−ε)·y + ε/K`` first (PyTorch's ``cross_entropy(label_smoothing=ε)``, for either form).
 

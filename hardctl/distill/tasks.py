@@ -1,7 +1,7 @@
 """What one training step computes, as modules that own their loss (timm's ``TrainingTask`` idea).
 
 A task takes a batch of pixels in ``[0, 1]`` and labels and returns ``{"loss", "logits", ...}``; the
-labels are class indices ``B`` or, after MixUp/CutMix (:mod:`hardctl.data.mixing`), soft targets
+labels are class indices ``B`` or, after MixUp/CutMix (:mod:`hardctl.data.batchmix`), soft targets
 ``B×K``. Each model normalises its own input with its own mean/std, so a teacher trained with other
 statistics than the student gets correctly re-normalised pixels (timm's
 ``DistillationTeacher.normalize_input``).

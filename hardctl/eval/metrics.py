@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from hardctl.data.mixing import hard_labels
+from hardctl.data.batchmix import hard_labels
 
 __all__ = ["RealTopK", "Scorer", "TopK", "real_labels", "timm_info_file", "top1_accuracy", "top1_correct"]
 
@@ -37,7 +37,7 @@ def top1_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per row of ``logits``, whether its argmax is the target: a bool tensor ``B``, left on the device.
 
     ``targets`` are class indices ``B`` or soft targets ``B×K`` (MixUp/CutMix, a teacher's logits), whose
-    argmax is the class (:func:`hardctl.data.mixing.hard_labels`). Every top-1 count of hardctl (the
+    argmax is the class (:func:`hardctl.data.batchmix.hard_labels`). Every top-1 count of hardctl (the
     evaluation loop, training accuracy, HARD's disagreement with the teacher) is this comparison.
     """
     return logits.detach().argmax(-1) == hard_labels(targets).to(logits.device)

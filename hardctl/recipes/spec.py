@@ -229,7 +229,7 @@ def _validate_transfer(recipe: Recipe) -> None:
                              hint="[eval] scores every trained arm anyway")
         cfg = recipe.config(arm, recipe.seeds[0])
         if cfg.augment != "none":
-            from hardctl.data.transforms import TRANSFORM_NAMES
+            from hardctl.data.baselines import TRANSFORM_NAMES
 
             for part in cfg.augment.split("+"):  # a '+'-joined list applies its parts in order
                 if part.strip().lower() not in TRANSFORM_NAMES:

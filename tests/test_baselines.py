@@ -1,4 +1,4 @@
-"""Baseline augmentations (hardctl.data.transforms): shapes, ranges, shift bounds, seeding, bad names,
+"""Baseline augmentations (hardctl.data.baselines): shapes, ranges, shift bounds, seeding, bad names,
 lists joined with '+', random erasing, and the float path of the v2 auto-augment policies."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from hardctl.data.transforms import (TRANSFORM_NAMES, AugmentedImages, augmented_train, build_transform,
+from hardctl.data.baselines import (TRANSFORM_NAMES, AugmentedImages, augmented_train, build_transform,
                                      parse_augment, standard_padding)
 from hardctl.errors import DataError, UsageError
 

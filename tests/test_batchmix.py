@@ -1,4 +1,4 @@
-"""Batch MixUp/CutMix (hardctl.data.mixing), soft targets in the losses, and their wiring into train,
+"""Batch MixUp/CutMix (hardctl.data.batchmix), soft targets in the losses, and their wiring into train,
 distill and HARD: real numbers, the teacher's input, the run directory, resume and bad values."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from hardctl.config import RunConfig
-from hardctl.data.mixing import BatchMix, build_mixer, hard_labels
+from hardctl.data.batchmix import BatchMix, build_mixer, hard_labels
 from hardctl.distill.losses import kd_loss, soft_cross_entropy
 from hardctl.distill.tasks import SupervisedTask
 from hardctl.errors import UsageError

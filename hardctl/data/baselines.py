@@ -3,7 +3,7 @@
 ``--augment NAME[+NAME...]`` on ``train`` and ``distill`` wraps the training split in
 :class:`AugmentedImages`, which applies a fresh random transform to every image it serves; a
 ``+``-joined list applies its parts in order (``standard+trivialaugment``), and ``--random-erasing P``
-comes after the whole list. Batch-level MixUp/CutMix (:mod:`hardctl.data.mixing`) follow in the
+comes after the whole list. Batch-level MixUp/CutMix (:mod:`hardctl.data.batchmix`) follow in the
 trainer, and a learned HARD augmentor, if any, comes on top of all of them, batch-wise. The
 transforms come from ``torchvision.transforms.v2`` wherever it has them; images stay float ``C×H×W``
 in ``[0, 1]`` with their shape and zero (black) fill.
@@ -42,7 +42,7 @@ op they draw is dtype-aware (solarize's threshold and posterize's levels scale w
 maximum, equalize converts to uint8 internally, brightness/contrast/sharpness clamp floats to
 ``[0, 1]``) and 1-channel images are accepted (``Color``, the saturation op, is then the identity,
 as PIL's does for ``L`` images). With the same seed the float path picks the same ops as the uint8
-path and agrees with it up to rounding (``tests/test_transforms.py`` checks this); converting would
+path and agrees with it up to rounding (``tests/test_baselines.py`` checks this); converting would
 only quantise the images to 256 levels.
 ``--random-erasing P`` (timm's ``--reprob``)
     ``v2.RandomErasing(p=P, value=0)``: with probability ``P`` a rectangle of 2-33 % of the image,
