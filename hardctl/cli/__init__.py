@@ -1,5 +1,8 @@
 """The ``hardctl`` command line: one thin module per command over the library.
 
+:mod:`hardctl.cli.root` holds the app and ``--version``; each command module registers its command on it.
+None of them imports torch at module level, so ``--help`` stays fast (``tests/test_cli_startup.py``).
+
 :func:`main` is the console script. It turns :class:`~hardctl.errors.HardctlError` into one line on
 stderr and its exit code (2 usage, 1 runtime), Typer's own usage errors into exit 2, and anything else
 into a one-line internal error; ``--debug`` (or ``HARDCTL_DEBUG=1``) shows the traceback instead.
@@ -14,49 +17,18 @@ import warnings
 
 import typer
 
+from hardctl.cli import distill as _distill  # noqa: F401  (importing a command module registers it on app)
+from hardctl.cli import eval as _eval  # noqa: F401
+from hardctl.cli import export as _export  # noqa: F401
+from hardctl.cli import plugins as _plugins  # noqa: F401
+from hardctl.cli import recipes as _recipes  # noqa: F401
+from hardctl.cli import train as _train  # noqa: F401
+from hardctl.cli import visualize as _visualize  # noqa: F401
+from hardctl.cli.root import app
 from hardctl.errors import HardctlError
 from hardctl.plugins import PluginWarning
 
-app = typer.Typer(
-    name="hardctl",
-    help="Knowledge distillation of image classifiers with learned hard augmentations (HARD).",
-    epilog="Examples:  hardctl train --model mnist_cnn --data digits --out runs/teacher\n\n"
-    "hardctl distill --teacher runs/teacher --student mnist_mlp --data digits --out runs/kd\n\n"
-    "hardctl eval --model runs/kd --data digits --shifted",
-    context_settings={"help_option_names": ["-h", "--help"]},
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-def _version_callback(value: bool) -> None:
-    if not value:
-        return
-    from hardctl.cli.plugins import version_report
-
-    typer.echo(version_report())
-    raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                 help="Show hardctl, torch and timm versions, CUDA availability and plugins."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-) -> None:
-    """Distil image classifiers with learned hard augmentations."""
-
-
-# Importing the command modules registers them on ``app``.
-from hardctl.cli import distill as _distill  # noqa: E402,F401
-from hardctl.cli import eval as _eval  # noqa: E402,F401
-from hardctl.cli import export as _export  # noqa: E402,F401
-from hardctl.cli import plugins as _plugins  # noqa: E402,F401
-from hardctl.cli import recipes as _recipes  # noqa: E402,F401
-from hardctl.cli import train as _train  # noqa: E402,F401
-from hardctl.cli import visualize as _visualize  # noqa: E402,F401
+__all__ = ["app", "main"]
 
 
 def _show_plugin_warning(message, category, filename, lineno, file=None, line=None):

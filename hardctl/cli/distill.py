@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from hardctl.cli import app
+from hardctl.cli.root import app
 from hardctl.cli.common import (HARD, MODEL, D, CeWeight, KdWeight, LabelSmoothing, Temperature,
                                 config_from_params, explicit_options, start_run, with_run_options)
 from hardctl.values import key_value_pairs

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hardctl import plugins
-from hardctl.cli import app
+from hardctl.cli.root import app
 from hardctl.cli.common import (
     DATA,
     MODEL,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hardctl.cli import app
+from hardctl.cli.root import app
 from hardctl.cli.common import Force, Json
 
 

@@ -1,4 +1,4 @@
-"""``hardctl plugins`` and ``hardctl --version``."""
+"""``hardctl plugins``: the installed plugins and what each registered (``--version``: :mod:`hardctl.cli.root`)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import hardctl
 from hardctl import plugins as plugin_registry
-from hardctl.cli import app
+from hardctl.cli.root import app
 from hardctl.cli.common import Json
-
-
-def version_report() -> str:
-    # torch is imported for its CUDA check; timm only for its version, read from its metadata instead
-    # (importing timm imports torchvision too and would double the time --version takes).
-    from importlib.metadata import version
-
-    import torch
-
-    cuda = f"available ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "not available"
-    infos = plugin_registry.manager.plugin_infos()
-    loaded = ", ".join(f"{i.name} ({i.distribution or '?'} {i.version or ''})".replace(" )", ")")
-                       for i in infos if i.status == "loaded") or "none"
-    return "\n".join([f"hardctl {hardctl.__version__}", f"torch {torch.__version__}", f"timm {version('timm')}",
-                      f"CUDA {cuda}", f"plugins: {loaded}"])
 
 
 def augmentor_report() -> list[dict]:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hardctl.cli import app
+from hardctl.cli.root import app
 from hardctl.cli.common import OUTPUT, Json
 from hardctl.errors import UsageError
 

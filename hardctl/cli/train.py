@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from hardctl.cli import app
+from hardctl.cli.root import app
 from hardctl.cli.common import MODEL, D, LabelSmoothing, config_from_params, start_run, with_run_options
 
 Model = Annotated[str, typer.Option("--model", "-m", rich_help_panel=MODEL, help=(
