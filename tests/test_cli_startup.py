@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import typer
 
 from hardctl.cli import app
@@ -90,6 +91,7 @@ def test_help_still_shows_what_came_from_the_library():
     assert "--augmentor" in text and "--aug-opt" in text
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch and loads the plugins: ~4 s
 def test_version_reports_torch_and_cuda_without_importing_timm():
     """``--version`` needs torch (its version and CUDA), but timm's version comes from its metadata."""
     import importlib.metadata
