@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,92 +121,28 @@ def _columns(recipe: Recipe, eval_keys: list[str], lower: set[str], cells: set[s
     return out
 
 
+@dataclass
+class Seen:
+    """What :func:`collect` gathers across every arm's runs: the table's columns and the run count."""
+
+    shift_px: set = field(default_factory=set)
+    eval_keys: dict = field(default_factory=dict)  # evaluation columns in first-seen order
+    lower: set = field(default_factory=set)  # columns where lower is better (mCE)
+    cells: set = field(default_factory=set)  # per-corruption cells, kept out of the summary columns
+    finished: int = 0
+
+
 def collect(recipe: Recipe, plan: list[PlannedRun], statuses: dict[Path, str], *, seeds: list[int],
             overrides: dict[str, str], out_dir: Path) -> dict[str, Any]:
     """results.json's content from the runs of ``plan`` that have a summary (eval arms: scores)."""
-    from hardctl.recipes.evaluation import load_scores
-
     order = [arm.id for arm in recipe.arms if any(p.arm.id == arm.id for p in plan)]
-    arms_out: list[dict[str, Any]] = []
-    shift_px: set[int] = set()
-    eval_keys: dict[str, None] = {}
-    lower: set[str] = set()
-    cells: set[str] = set()
-    finished = 0
-    for arm_id in order:
-        arm = recipe.arm(arm_id)
-        planned = [p for p in plan if p.arm.id == arm_id]
-        cfg = planned[0].cfg
-        runs, centered, shifted, teacher_c, teacher_s = [], [], [], [], []
-        hard: dict[str, list[float]] = {}
-        scores: dict[str, list[float]] = {}
-        for p in planned:
-            if p.run_dir not in statuses:
-                continue
-            saved = load_scores(p.run_dir)
-            if p.evaluate_only:
-                if saved is None:
-                    continue
-                own = saved["scores"]
-                entry = {"seed": None, "run_dir": str(p.run_dir), "status": statuses[p.run_dir],
-                         "test_acc": own.get("centered"), "shifted_acc": own.get("shifted")}
-            else:
-                summary = read_summary(p.run_dir)
-                if summary is None:
-                    continue
-                shift_px.add(summary.get("shift_px"))
-                model = summary["student"]  # in a train run, "student" is the trained model
-                entry = {"seed": p.seed, "run_dir": str(p.run_dir), "status": statuses[p.run_dir],
-                         "test_acc": model["test_acc"], "shifted_acc": model["shifted_acc"]}
-                if "teacher" in summary:
-                    entry["teacher"] = {k: summary["teacher"][k] for k in ("test_acc", "shifted_acc")}
-                    teacher_c.append(summary["teacher"]["test_acc"])
-                    teacher_s.append(summary["teacher"]["shifted_acc"])
-                if isinstance(summary.get("hard"), dict):
-                    stats = {k: summary["hard"][k] for k in ("switches", "pool_size", "aug_fraction")
-                             if isinstance(summary["hard"].get(k), (int, float))}
-                    entry["hard"] = stats
-                    for k, v in stats.items():
-                        hard.setdefault(k, []).append(float(v))
-            finished += 1
-            if entry["test_acc"] is not None:
-                centered.append(entry["test_acc"])
-            if entry["shifted_acc"] is not None:
-                shifted.append(entry["shifted_acc"])
-            if saved is not None and ((recipe.eval is not None and recipe.eval.suites) or p.evaluate_only):
-                kept = {k: v for k, v in saved["scores"].items() if not _is_cell(k, saved) and k not in SUMMARY_COLUMNS}
-                entry["eval"] = kept
-                if saved.get("skipped"):
-                    entry["eval_skipped"] = sorted(saved["skipped"])
-                for k, v in saved["scores"].items():
-                    if k in SUMMARY_COLUMNS:
-                        continue
-                    eval_keys.setdefault(k)
-                    scores.setdefault(k, []).append(float(v))
-                lower.update(saved.get("lower_is_better", ()))
-                cells.update(saved.get("cells", ()))
-            runs.append(entry)
-        record: dict[str, Any] = {
-            "id": arm.id, "label": arm.label, "command": "eval" if planned[0].evaluate_only else cfg.command,
-            "model": cfg.model,
-            "teacher": arm.values.get("teacher", recipe.defaults.get("teacher")) if cfg.command == "distill" else None,
-            "augment": cfg.augment, "augmentor": cfg.augmentor if cfg.command == "distill" else None,
-            "runs": runs, "n": len(runs), "centered": mean_sem(centered), "shifted": mean_sem(shifted),
-        }
-        if planned[0].evaluate_only:
-            record.update(teacher=None, augment=None)
-        if teacher_c:
-            record["teacher_acc"] = {"centered": mean_sem(teacher_c), "shifted": mean_sem(teacher_s)}
-        if hard:
-            record["hard"] = {k: statistics.fmean(v) for k, v in hard.items()}
-        if scores:
-            record["eval"] = {k: mean_sem(v) for k, v in scores.items() if k not in cells}
-            record["_cells"] = {k: mean_sem(v) for k, v in scores.items() if k in cells}
-        arms_out.append(record)
-    columns = _columns(recipe, list(eval_keys), lower, cells)
+    seen = Seen()
+    arms_out = [arm_record(recipe, [p for p in plan if p.arm.id == arm_id], statuses, seen) for arm_id in order]
+    columns = _columns(recipe, list(seen.eval_keys), seen.lower, seen.cells)
+    shift_px = sorted(px for px in seen.shift_px if px is not None)
     for column in columns:  # the shifted column's default label names the shift: "Shifted (±2 px)"
         if column["key"] == column["label"] == "shifted":
-            column["label"] = shift_label({"shift_px": sorted(px for px in shift_px if px is not None)})
+            column["label"] = shift_label({"shift_px": shift_px})
     for record in arms_out:
         cells_of = record.pop("_cells", {})
         record["columns"] = {c["key"]: (record[c["key"]] if c["key"] in SUMMARY_COLUMNS else
@@ -214,16 +150,7 @@ def collect(recipe: Recipe, plan: list[PlannedRun], statuses: dict[Path, str], *
                              for c in columns}
     reference = _kd_reference(recipe, order)
     if reference is not None:
-        ref = next(a for a in arms_out if a["id"] == reference)
-        for record in arms_out:
-            if record["command"] == "distill" and record["id"] != reference:
-                keys = list(dict.fromkeys([*SUMMARY_COLUMNS, *record["columns"]]))
-                stats = {**record["columns"], **{k: record[k] for k in SUMMARY_COLUMNS}}
-                ref_stats = {**ref["columns"], **{k: ref[k] for k in SUMMARY_COLUMNS}}
-                record["vs_kd"] = {col: (stats[col]["mean"] - ref_stats[col]["mean"]
-                                         if stats[col]["mean"] is not None and ref_stats[col]["mean"] is not None
-                                         else None) for col in keys}
-    planned_total = len(plan)
+        add_vs_kd(arms_out, next(a for a in arms_out if a["id"] == reference))
     eval_info = None
     if recipe.eval is not None:
         eval_info = {"suites": recipe.eval.suites, "data_root": recipe.eval.data_root, "sets": recipe.eval.sets}
@@ -231,11 +158,103 @@ def collect(recipe: Recipe, plan: list[PlannedRun], statuses: dict[Path, str], *
         "recipe": recipe.name, "kind": recipe.kind, "description": recipe.description, "paper": recipe.paper,
         "source": recipe.source, "seeds": seeds, "overrides": overrides, "out_dir": str(out_dir),
         "data": sorted({p.cfg.data for p in plan if not p.evaluate_only} or {p.cfg.data for p in plan}),
-        "shift_px": sorted(px for px in shift_px if px is not None),
+        "shift_px": shift_px,
         "kd_reference": reference, "command": reproduce_command(recipe, seeds, order, overrides, out_dir),
-        "complete": finished == planned_total, "columns": columns, "eval": eval_info,
-        "runs_finished": finished, "runs_planned": planned_total, "arms": arms_out,
+        "complete": seen.finished == len(plan), "columns": columns, "eval": eval_info,
+        "runs_finished": seen.finished, "runs_planned": len(plan), "arms": arms_out,
     }
+
+
+def arm_record(recipe: Recipe, planned: list[PlannedRun], statuses: dict[Path, str], seen: Seen) -> dict[str, Any]:
+    """One arm's row: its finished runs and their mean ± s.e.m. (centered, shifted, teacher, HARD, eval)."""
+    from hardctl.recipes.evaluation import load_scores
+
+    arm, cfg = planned[0].arm, planned[0].cfg
+    runs, centered, shifted, teacher_c, teacher_s = [], [], [], [], []
+    hard: dict[str, list[float]] = {}
+    scores: dict[str, list[float]] = {}
+    for p in planned:
+        if p.run_dir not in statuses:
+            continue
+        saved = load_scores(p.run_dir)
+        entry = run_entry(p, statuses[p.run_dir], saved, seen)
+        if entry is None:
+            continue
+        seen.finished += 1
+        if entry["test_acc"] is not None:
+            centered.append(entry["test_acc"])
+        if entry["shifted_acc"] is not None:
+            shifted.append(entry["shifted_acc"])
+        if "teacher" in entry:
+            teacher_c.append(entry["teacher"]["test_acc"])
+            teacher_s.append(entry["teacher"]["shifted_acc"])
+        for k, v in entry.get("hard", {}).items():
+            hard.setdefault(k, []).append(float(v))
+        if saved is not None and ((recipe.eval is not None and recipe.eval.suites) or p.evaluate_only):
+            entry["eval"] = {k: v for k, v in saved["scores"].items()
+                             if not _is_cell(k, saved) and k not in SUMMARY_COLUMNS}
+            if saved.get("skipped"):
+                entry["eval_skipped"] = sorted(saved["skipped"])
+            for k, v in saved["scores"].items():
+                if k in SUMMARY_COLUMNS:
+                    continue
+                seen.eval_keys.setdefault(k)
+                scores.setdefault(k, []).append(float(v))
+            seen.lower.update(saved.get("lower_is_better", ()))
+            seen.cells.update(saved.get("cells", ()))
+        runs.append(entry)
+    record: dict[str, Any] = {
+        "id": arm.id, "label": arm.label, "command": "eval" if planned[0].evaluate_only else cfg.command,
+        "model": cfg.model,
+        "teacher": arm.values.get("teacher", recipe.defaults.get("teacher")) if cfg.command == "distill" else None,
+        "augment": cfg.augment, "augmentor": cfg.augmentor if cfg.command == "distill" else None,
+        "runs": runs, "n": len(runs), "centered": mean_sem(centered), "shifted": mean_sem(shifted),
+    }
+    if planned[0].evaluate_only:
+        record.update(teacher=None, augment=None)
+    if teacher_c:
+        record["teacher_acc"] = {"centered": mean_sem(teacher_c), "shifted": mean_sem(teacher_s)}
+    if hard:
+        record["hard"] = {k: statistics.fmean(v) for k, v in hard.items()}
+    if scores:
+        record["eval"] = {k: mean_sem(v) for k, v in scores.items() if k not in seen.cells}
+        record["_cells"] = {k: mean_sem(v) for k, v in scores.items() if k in seen.cells}
+    return record
+
+
+def run_entry(p: PlannedRun, status: str, saved: dict | None, seen: Seen) -> dict[str, Any] | None:
+    """One finished run's entry of results.json (``None`` while it has no summary or, eval arms, no scores)."""
+    if p.evaluate_only:
+        if saved is None:
+            return None
+        own = saved["scores"]
+        return {"seed": None, "run_dir": str(p.run_dir), "status": status,
+                "test_acc": own.get("centered"), "shifted_acc": own.get("shifted")}
+    summary = read_summary(p.run_dir)
+    if summary is None:
+        return None
+    seen.shift_px.add(summary.get("shift_px"))
+    model = summary["student"]  # in a train run, "student" is the trained model
+    entry = {"seed": p.seed, "run_dir": str(p.run_dir), "status": status,
+             "test_acc": model["test_acc"], "shifted_acc": model["shifted_acc"]}
+    if "teacher" in summary:
+        entry["teacher"] = {k: summary["teacher"][k] for k in ("test_acc", "shifted_acc")}
+    if isinstance(summary.get("hard"), dict):
+        entry["hard"] = {k: summary["hard"][k] for k in ("switches", "pool_size", "aug_fraction")
+                         if isinstance(summary["hard"].get(k), (int, float))}
+    return entry
+
+
+def add_vs_kd(arms_out: list[dict[str, Any]], ref: dict[str, Any]) -> None:
+    """Each distillation arm's difference from the plain KD arm ``ref``, per column (``vs_kd``)."""
+    for record in arms_out:
+        if record["command"] == "distill" and record["id"] != ref["id"]:
+            keys = list(dict.fromkeys([*SUMMARY_COLUMNS, *record["columns"]]))
+            stats = {**record["columns"], **{k: record[k] for k in SUMMARY_COLUMNS}}
+            ref_stats = {**ref["columns"], **{k: ref[k] for k in SUMMARY_COLUMNS}}
+            record["vs_kd"] = {col: (stats[col]["mean"] - ref_stats[col]["mean"]
+                                     if stats[col]["mean"] is not None and ref_stats[col]["mean"] is not None
+                                     else None) for col in keys}
 
 
 def reproduce_command(recipe: Recipe, seeds: list[int], arm_ids: list[str], overrides: dict[str, str],
