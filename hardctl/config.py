@@ -8,6 +8,7 @@ trainer reads it, and ``config.toml`` in the run directory is its exact image (T
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,9 @@ class RunConfig:
             if value not in choices:
                 raise UsageError(f"unknown {flag} {value!r}{did_you_mean(str(value).lower(), choices)}",
                                  hint=f"choose {', '.join(choices[:-1])} or {choices[-1]}")
+        for name, value in dataclasses.asdict(self).items():  # inf/nan reach no loss: name the option now
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
         thresholds = (threshold_problem(self.l_min, self.l_max, names=("--l-min", "--l-max"))
                       if self.l_min is not None and self.l_max is not None else None)
         checks = [
@@ -134,6 +138,10 @@ class RunConfig:
             (0 < self.plateau_factor < 1, "--plateau-factor must be between 0 and 1 (exclusive)"),
             (self.plateau_decays >= 1, "--plateau-decays must be at least 1"),
             (self.schedule != "plateau" or self.min_lr == 0, "--min-lr applies to --schedule cosine only"),
+            (0 <= self.min_lr <= self.lr, f"--min-lr ({self.min_lr}) must be in [0, --lr ({self.lr})]"),
+            (0 <= self.seed < 2**63, "--seed must be in [0, 2^63)"),
+            (self.uses_hard or not self.aug_options or self.command != "distill",
+             "--aug-opt sets options of a learned augmentor, but --augmentor is none"),
             (self.amp in ("auto", "bf16", "fp16", "off"), "--amp must be auto, bf16, fp16 or off"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.shift_px is None or self.shift_px >= 0, "--shift-px must be >= 0"),

@@ -87,3 +87,48 @@ def test_an_augmentor_whose_pixels_go_nan_is_named(tmp_path, digits_teacher, mon
                                             r"non-finite .* at epoch 1, step \d+") as exc:
         run(cfg, tmp_path / "run")
     assert "lower --lr" not in str(exc.value)
+
+
+# ------------------------------------------------------------------------------------------------ bad numbers
+@pytest.mark.parametrize("args, message", [
+    (("--lr", "inf"), "--lr must be a finite number, got inf"),
+    (("--min-lr", "nan"), "--min-lr must be a finite number, got nan"),
+    (("--temperature", "inf"), "--temperature must be a finite number, got inf"),
+    (("--kd-weight", "inf"), "--kd-weight must be a finite number, got inf"),
+    (("--aug-opt", "sigma_init=nan"), "option 'sigma_init' must be a number, got 'nan'"),
+    (("--seed", str(2**64)), "--seed must be in [0, 2^63)"),
+    (("--min-lr", "0.1", "--lr", "0.01"), "--min-lr (0.1) must be in [0, --lr (0.01)]"),
+    (("--augmentor", "none", "--aug-opt", "sigma_init=0.1"), "--aug-opt sets options of a learned augmentor"),
+    (("--shift-px", "100"), "--shift-px 100 moves 16x16 images out of view"),
+])
+def test_bad_numbers_are_usage_errors_before_any_work(cli, tmp_path, digits_teacher, args, message):
+    out = tmp_path / "run"
+    one_line_error(cli("distill", "--teacher", digits_teacher, "--student", "mlp", "--data", "digits", "--epochs", 1,
+                       *args, "--out", out), 2, message)
+    assert not out.exists()
+
+
+def test_eval_refuses_a_negative_shift(cli, digits_teacher):
+    one_line_error(cli("eval", "--model", digits_teacher, "--data", "digits", "--shifted", "--shift-px", "-1"), 2,
+                   "--shift-px must be >= 0")
+
+
+def test_a_weights_file_is_never_a_hub_name_nor_broken_statistics(cli, tmp_path):
+    from hardctl.models import create_model, save_model
+
+    model, info = create_model("mnist_mlp", num_classes=10, in_chans=1, img_size=16)
+    for name, change, message in [("hub", {"arch": "hf-hub:someone/repo"}, "a model hub source"),
+                                  ("nan", {"std": (float("nan"),)}, "broken normalisation metadata"),
+                                  ("zero", {"std": (0.0,)}, "broken normalisation metadata")]:
+        import dataclasses
+
+        path = save_model(model, dataclasses.replace(info, **change), tmp_path / f"{name}.safetensors")
+        result = cli("eval", "--model", path, "--data", "digits")
+        assert result.code in (1, 2) and message in result.err and "Traceback" not in result.err, result.err
+
+
+def test_a_foreign_file_that_is_no_weights_file_gets_a_clear_line(cli, tmp_path):
+    text = tmp_path / "some.txt"
+    text.write_text("hello")
+    one_line_error(cli("eval", "--model", f"mnist_cnn:{text}", "--data", "digits"), 1,
+                   "is neither a torch.save file")

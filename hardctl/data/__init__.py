@@ -146,6 +146,14 @@ def load_data(spec: str, *, shift_px: int | None = None, shift_seed: int = 0, se
     if not 0 <= sets.val_fraction < 1:
         raise DataError(f"data set {sets.name!r} declares a validation fraction of {sets.val_fraction}",
                         hint="ImageDatasets.val_fraction must be in [0, 1)")
+    if len(sets.train) == 0 or len(sets.test) == 0:
+        empty = "training" if len(sets.train) == 0 else "test"
+        raise DataError(f"data set {spec!r} has no {empty} images", hint="check the folder or files it reads")
+    if shift_px < 0:
+        raise DataError(f"--shift-px must be >= 0, got {shift_px}", hint="it is the shift in pixels of the shifted test set")
+    if shift_px >= min(sets.img_size):  # every shifted image would be blank
+        raise DataError(f"--shift-px {shift_px} moves {sets.img_size[0]}x{sets.img_size[1]} images out of view",
+                        hint=f"use a shift below {min(sets.img_size)} px (default {default_shift_px(sets.img_size)})")
     train_idx, val_idx = validation_split(len(sets.train), sets.val_fraction)
     return DataBundle(
         spec=spec,

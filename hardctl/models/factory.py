@@ -11,6 +11,7 @@ Importing this module imports :mod:`hardctl.zoo`, which registers the paper's ``
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -269,8 +270,14 @@ def _read_info(path: Path) -> ModelInfo:
         raise CheckpointError(
             f"weights file {path} has broken hardctl metadata: {e}", hint="re-export it"
         ) from None
-    known = info.arch.startswith(TIMM_SOURCE_PREFIXES) or timm.is_model(timm.models.get_arch_name(info.arch))
-    if not known:
+    if info.arch.startswith(TIMM_SOURCE_PREFIXES):  # a file must never make hardctl contact a hub
+        raise CheckpointError(f"weights file {path} names architecture {info.arch!r}, a model hub source",
+                              hint="hardctl never takes a hub name from a file; re-export it with a timm architecture")
+    bad_stats = [v for v in (*info.mean, *info.std) if not math.isfinite(v)] or [v for v in info.std if v <= 0]
+    if bad_stats or len(info.mean) != len(info.std):
+        raise CheckpointError(f"weights file {path} has broken normalisation metadata: mean {info.mean} std "
+                              f"{info.std}", hint="finite means and positive finite stds, one per channel; re-export it")
+    if not timm.is_model(timm.models.get_arch_name(info.arch)):
         raise CheckpointError(
             f"weights file {path} is for architecture {info.arch!r}, which this installation does not know",
             hint="install the timm version or hardctl plugin that provides it",

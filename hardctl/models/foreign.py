@@ -47,8 +47,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     wraps them (training checkpoints such as ``.pth.tar``; an EMA copy is not preferred) and strips the
     ``module.`` prefix of (Distributed)DataParallel; the ``_orig_mod.`` prefix of ``torch.compile`` goes too.
     """
+    import zipfile
+
     from timm.models import load_state_dict as timm_load_state_dict
 
+    with open(path, "rb") as handle:  # torch.save writes a zip, old versions a pickle (protocol 2+: 0x80)
+        head = handle.read(8)
+    is_safetensors = path.suffix == ".safetensors"
+    if not is_safetensors and not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        raise CheckpointError(f"cannot read weights file {path}: it is neither a torch.save file (.pth/.pt/.pth.tar) nor "
+                              ".safetensors",
+                              hint="NAME:FILE takes a saved state dict, e.g. resnet50:weights.pth.tar")
     try:
         state = timm_load_state_dict(str(path), use_ema=False, device="cpu", weights_only=True)
     except Exception as e:  # pickle, zip, safetensors and torch errors alike: the file cannot be read safely
