@@ -179,6 +179,20 @@ def test_phase_plot_of_a_joint_run_and_torn_log(tmp_path):
     assert empty.is_file()
 
 
+def test_phase_plot_of_a_long_run_labels_a_few_epoch_lines_and_ends_at_the_final_pool(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    lines, steps = [], []
+    original_vline, original_step = Axes.axvline, Axes.step
+    monkeypatch.setattr(Axes, "axvline", lambda ax, x, **kw: lines.append(kw.get("label")) or original_vline(ax, x, **kw))
+    monkeypatch.setattr(Axes, "step", lambda ax, x, y, **kw: steps.append(list(y)) or original_step(ax, x, y, **kw))
+    records = [{"iter": i + 1, "epoch": i // 3 + 1, "phase": "joint", "aug_error": 0.5, "pool_size": i // 3 + 1}
+               for i in range(300)]  # 100 epochs of 3 steps, a snapshot at the end of each (HARD-Mix)
+    plot_phases(records, tmp_path / "p.png", augmentor="mix", pool_size=101)
+    assert len(lines) <= 12 and lines[0] == "every 9 epochs" and lines[1:] == [None] * (len(lines) - 1)
+    assert steps[0][-1] == 101  # the pool line ends at the pool the title names, not at the last step's
+
+
 def test_cli_composition_to_another_folder_as_json(cli, tmp_path):
     noise = {"parts.1.log_sigma": [math.log(0.3)], "parts.0.mean": [1.0, 0.0, 0.2, 0.0, 1.0, 0.0]}
     run = make_run(tmp_path / "comp", "affine+noise", moves=[noise, noise], phases="alternate")
@@ -199,9 +213,18 @@ def test_cli_plain_kd_run_is_a_usage_error(cli, tmp_path):
     result = cli("visualize", run)
     assert result.code == 2
     assert result.err.startswith("hardctl: error:") and len(result.err.strip().splitlines()) == 1
-    assert "has no augmentor pool (a plain KD run?)" in result.err
+    assert "has nothing to visualize: it is a plain KD run (--augmentor none)" in result.err
     with pytest.raises(UsageError, match="plain KD"):
         render(run)
+
+
+def test_cli_supervised_run_is_not_said_to_have_an_augmentor(cli, tmp_path):
+    run = make_run(tmp_path / "sup", "none")
+    cfg = RunConfig.load(run)
+    RunConfig(**{**cfg.to_dict(), "command": "train", "teacher": None, "augmentor": "affine"}).save(run)
+    result = cli("visualize", run)
+    assert result.code == 2 and "it is a supervised run (hardctl train), which has no augmentor" in result.err
+    assert "'affine'" not in result.err
 
 
 def test_cli_missing_or_non_run_folder(cli, tmp_path):

@@ -56,9 +56,11 @@ def render(run_dir: str | Path, out_dir: str | Path | None = None, *, rows: int 
     cfg = RunConfig.load(run_dir)  # a non-run folder: its UsageError
     files = pool_files(run_dir)
     if not files:
-        raise UsageError(f"{run_dir} has no augmentor pool (a plain KD run?)",
-                         hint=f"visualize needs a run of hardctl distill --augmentor NAME, which saves its "
-                              f"augmentors in {POOL_DIR}/; this run's augmentor is {cfg.augmentor!r}")
+        what = ("a supervised run (hardctl train), which has no augmentor" if cfg.command == "train" else
+                "a plain KD run (--augmentor none)" if not cfg.uses_hard else
+                f"a HARD run whose {POOL_DIR}/ is empty or missing")
+        raise UsageError(f"{run_dir} has nothing to visualize: it is {what}",
+                         hint="visualize draws the augmentor pool of a run of hardctl distill --augmentor NAME")
     out = Path(out_dir).expanduser() if out_dir is not None else run_dir
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")

@@ -8,6 +8,7 @@ canvas (no pyplot, no global backend change).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = ["PHASES_FILE", "PHASE_COLOURS", "plot_phases", "read_steps", "switche
 
 PHASES_FILE = "phases.png"
 PHASE_COLOURS = {"student": "#4c72b0", "augmentor": "#dd8452", "joint": "#55a868"}
+MAX_EPOCH_LINES = 12  # more epochs than this: a boundary line every k epochs
 
 
 def read_steps(path: str | Path) -> list[dict[str, Any]]:
@@ -85,9 +87,11 @@ def plot_phases(records: Sequence[dict[str, Any]], path: str | Path, *, augmento
                     color=PHASE_COLOURS.get(phase, "#8c8c8c"), lw=0.8,
                     marker="." if dots or len(chunk) == 1 else None, ms=3)
         epochs = [(int(r["iter"]), r.get("epoch")) for r in records]
-        for (_, before), (it, after) in itertools.pairwise(epochs):
-            if after != before and after is not None:
-                ax.axvline(it - 0.5, color="#999999", lw=0.5, ls=":")
+        starts = [it for (_, before), (it, after) in itertools.pairwise(epochs) if after != before and after is not None]
+        every = max(1, math.ceil(len(starts) / MAX_EPOCH_LINES))  # 100 epochs: a line every 10, not 100 lines
+        for k, it in enumerate(starts[every - 1::every]):
+            ax.axvline(it - 0.5, color="#999999", lw=0.5, ls=":",
+                       label=None if k else ("epoch boundary" if every == 1 else f"every {every} epochs"))
         ax.set_xlim(iters[0] - 0.5, iters[-1] + 0.5)
     else:
         ax.text(0.5, 0.5, "no step records in steps.jsonl", ha="center", va="center", transform=ax.transAxes)
@@ -104,11 +108,13 @@ def plot_phases(records: Sequence[dict[str, Any]], path: str | Path, *, augmento
                for p in ("student", "augmentor", "joint") if p in phases]
     if records and any("pool_size" in r for r in records):
         twin = ax.twinx()
-        pooled = [r for r in records if "pool_size" in r]
-        twin.step([int(r["iter"]) for r in pooled], [int(r["pool_size"]) for r in pooled], where="post",
+        pooled = [(int(r["iter"]), int(r["pool_size"])) for r in records if "pool_size" in r]
+        if pool_size is not None and pool_size != pooled[-1][1]:  # a snapshot saved after the last step
+            pooled.append((pooled[-1][0], pool_size))  # (HARD-Mix keeps one at the end of every epoch)
+        twin.step([it for it, _ in pooled], [size for _, size in pooled], where="post",
                   color="#333333", lw=1.2, label="pool size")
         twin.set_ylabel("pool size")
-        twin.set_ylim(0, max(int(r["pool_size"]) for r in pooled) + 1)
+        twin.set_ylim(0, max(size for _, size in pooled) + 1)
         twin.yaxis.get_major_locator().set_params(integer=True)
         handles += twin.get_legend_handles_labels()[0]
     handles = ax.get_legend_handles_labels()[0] + handles
