@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy, batch mean, in float32, against class indices ``B`` or soft targets ``B×K``."""
     if targets.ndim == 2:
