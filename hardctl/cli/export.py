@@ -23,10 +23,10 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help=(
         "The file to write: .safetensors, .onnx, or .pt/.ts for TorchScript."))],
     fmt: Annotated[str, typer.Option("--format", "-f", help=(
-        "safetensors (hardctl's weights file; --model FILE loads it) | onnx (needs pip install 'hardctl[onnx]') "
+        "safetensors (hardctl's weights file; --model FILE loads it) | onnx (needs pip install 'hardctl\\[onnx]') "
         "| torchscript. onnx and torchscript take pixels in [0, 1]: the normalisation is built in."))
     ] = "safetensors",
-    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (18 or newer) [default: 18].")] = None,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset, 18 or newer \\[default: 18].")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help=(
         "ONNX: any batch size (default: a fixed batch of 1)."))] = False,
     atol: Annotated[float, typer.Option("--atol", help=(
