@@ -8,6 +8,7 @@ and compared with ``model(normalize(x))``.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import struct
@@ -37,12 +38,18 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
 
 def make_run(run: Path, arch: str = "hard_mnist_mlp", *, data: str = "digits", img_size: int = 16,
-             summary: dict | str | None = None) -> Path:
-    """A finished run as ``export`` reads it: config.toml, model.safetensors and optionally summary.json."""
+             summary: dict | str | None = None, normalise: tuple[float, float] | None = None) -> Path:
+    """A finished run as ``export`` reads it: config.toml, model.safetensors and optionally summary.json.
+
+    ``normalise=(mean, std)`` replaces the MNIST models' identity normalisation (0, 1), so that a test
+    sees whether the exported graph really applies it.
+    """
     run.mkdir(parents=True)
     RunConfig(command="distill", data=data, model=arch, teacher="teacher-run", augmentor="none").save(run)
     torch.manual_seed(0)
     model, info = create_model(arch, num_classes=10, in_chans=1, img_size=img_size)
+    if normalise:
+        info = dataclasses.replace(info, mean=(normalise[0],), std=(normalise[1],))
     save_model(model, info, run / "model.safetensors")
     if summary is not None:
         (run / "summary.json").write_text(summary if isinstance(summary, str) else json.dumps(summary))
@@ -71,7 +78,8 @@ def export(cli, run: Path, out: Path, *args) -> dict:
 
 
 def test_mlp_onnx_round_trip(cli, tmp_path):
-    run = make_run(tmp_path / "run", summary={"student": {"test_acc": 0.25, "shifted_acc": 0.125}})
+    run = make_run(tmp_path / "run", summary={"student": {"test_acc": 0.25, "shifted_acc": 0.125}},
+                   normalise=(0.5, 0.25))
     out = tmp_path / "student.onnx"
     result = export(cli, run, out, "--format", "onnx")
     assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["run", "student.onnx"]  # no .data
@@ -86,7 +94,7 @@ def test_mlp_onnx_round_trip(cli, tmp_path):
     assert json.loads(meta["classes"]) == DIGITS and meta["class_names"] == "from the data set"
     info = ModelInfo.from_metadata(meta)  # the model part parses like a hardctl weights file's
     assert (info.arch, info.in_chans, info.img_size, info.mean, info.std) == ("hard_mnist_mlp", 1, (16, 16),
-                                                                              (0.0,), (1.0,))
+                                                                              (0.5,), (0.25,))
     assert meta["normalization"] == "folded into the model" and meta["output"] == "logits (no softmax)"
     assert (meta["data"], meta["teacher"], meta["test_acc"], meta["batch"]) == ("digits", "teacher-run", "0.2500",
                                                                                "1")
@@ -98,6 +106,9 @@ def test_mlp_onnx_round_trip(cli, tmp_path):
     expected = reference(run, images)
     assert (logits - expected).abs().max() < CLOSE
     assert not torch.allclose(logits.sum(1), torch.ones(32)) and (logits < 0).any()  # logits, not softmax
+    model, _ = load_model(str(run))
+    with torch.no_grad():  # the normalisation is in the graph: the bare model on raw pixels is far off
+        assert (logits - model.eval()(images)).abs().max() > 100 * CLOSE
 
 
 def test_onnx_dynamic_batch_takes_any_batch_size(cli, tmp_path):
