@@ -2,8 +2,9 @@
 
 Plugins are modules named by entry points in the ``hardctl`` group. Loading is lazy (the first time a
 registry is read), one plugin at a time, and isolated: a plugin that fails to import, or whose hook
-raises, costs a one-line warning on stderr and nothing else. ``HARDCTL_STRICT_PLUGINS=1`` re-raises
-instead (for plugin authors and CI); ``HARDCTL_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or
+raises (``sys.exit()`` included), costs a one-line warning on stderr and nothing else.
+``HARDCTL_STRICT_PLUGINS=1`` re-raises instead (a SystemExit as an error naming the plugin; for plugin
+authors and CI); ``HARDCTL_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or
 distribution name.
 
 The built-in plugins (the ``hardctl_builtins`` modules of the ``hardctl`` distribution) register first,
@@ -196,11 +197,22 @@ def _disabled() -> set[str]:
     return {p.strip() for p in os.environ.get(DISABLE_ENV, "").split(",") if p.strip()}
 
 
+# What a plugin's import or hook may raise that hardctl survives: anything but Ctrl-C, SystemExit included
+# (a plugin that calls sys.exit() would otherwise end every command, without a word, with its exit code).
+_NOT_A_PLUGIN_FAILURE = (KeyboardInterrupt, GeneratorExit)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({'' if exc.code is None else repr(exc.code)})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _warn_or_raise(message: str, exc: BaseException | None = None) -> None:
     if _strict():
-        if exc is not None:
+        if isinstance(exc, Exception):
             raise exc
-        raise RuntimeError(message)
+        raise RuntimeError(message) from exc  # not the SystemExit itself: that would end hardctl without a word
     warnings.warn(message, PluginWarning, stacklevel=3)
 
 
@@ -246,8 +258,10 @@ class PluginManager:
             try:
                 module = ep.load()
                 self.pm.register(module, name=ep.name)
-            except Exception as exc:  # a broken plugin must not break hardctl
-                info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+            except BaseException as exc:  # a broken plugin must not break hardctl
+                if isinstance(exc, _NOT_A_PLUGIN_FAILURE):
+                    raise
+                info.status, info.error = "failed", _describe(exc)
                 _warn_or_raise(f"plugin {ep.name!r} failed to load: {info.error}", exc)
 
     def register(self, plugin: object, name: str) -> None:
@@ -287,13 +301,12 @@ class PluginManager:
             register = self._register_for(registry, plugin_name, info)
             try:
                 impl.function(register=register)
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, _NOT_A_PLUGIN_FAILURE):
+                    raise
                 if info is not None:
-                    info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-                _warn_or_raise(
-                    f"plugin {plugin_name!r} failed in {registry.hook_name}: {type(exc).__name__}: {exc}",
-                    exc,
-                )
+                    info.status, info.error = "failed", _describe(exc)
+                _warn_or_raise(f"plugin {plugin_name!r} failed in {registry.hook_name}: {_describe(exc)}", exc)
 
     @staticmethod
     def _register_for(registry: Registry, plugin_name: str, info: PluginInfo | None):

@@ -1,8 +1,8 @@
 """The library's entry point for one training run: ``run(cfg, out)`` behind ``hardctl train``/``distill``.
 
-It owns the order of a run's side effects: the run directory is checked (or made) first, then everything
-that can fail on bad input is built, then the config is written and the trainer runs; at the end the
-figures are drawn and ``summary.json`` is written last, so a summary on disk means a finished run.
+It owns the order of a run's side effects: the run directory is checked (or made) and locked first, then
+everything that can fail on bad input is built, then the config is written and the trainer runs; at the
+end the figures are drawn and ``summary.json`` is written last, so a summary on disk means a finished run.
 """
 
 from __future__ import annotations
@@ -26,24 +26,18 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
     """Build, train and summarise one run in ``out``; returns the summary."""
     cfg = resolve_config(cfg)
     select_device(cfg.device)  # a device this machine lacks is a usage error before --out is touched
-    out = Path(out).expanduser()
-    created = not out.exists()
-    run_dir = rundir.prepare_run_dir(out, resume=resume, force=force)
-    try:
+    # the directory is this process's until the run ends: a second run on it is refused (exit 2)
+    with rundir.open_run_dir(out, resume=resume, force=force) as run_dir:
         trainer = Trainer(build(cfg), run_dir, reporter=reporter)
-    except BaseException:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that never started leaves nothing behind
-        raise
-    if resume:
-        trainer.resume()
-    else:
-        cfg.save(run_dir)
-    summary = trainer.fit()
-    if trainer.dist.is_main:
-        if "hard" in summary:
-            summary["hard"]["figures"] = draw_figures(trainer)
-        atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
+        if resume:
+            trainer.resume()
+        else:
+            cfg.save(run_dir)
+        summary = trainer.fit()
+        if trainer.dist.is_main:
+            if "hard" in summary:
+                summary["hard"]["figures"] = draw_figures(trainer)
+            atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
     return summary
 
 

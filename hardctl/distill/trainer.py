@@ -269,6 +269,7 @@ class Trainer:
         return accuracy(model, dataset, normalize=normalize, device=self.device,
                         batch_size=max(256, self.cfg.batch_size), amp=self.amp)
 
+    @rundir.one_checkpoint  # its weights files and checkpoints replace the previous epoch's together, on return
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Validation bookkeeping, the plateau schedule, weights and the checkpoint of a finished epoch."""
         if self.hard is not None:

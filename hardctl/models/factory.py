@@ -26,7 +26,7 @@ from torch import nn
 
 import hardctl
 from hardctl import zoo  # noqa: F401  (registers the hard_* architectures in timm's registry)
-from hardctl.atomic import atomic_path
+from hardctl.atomic import atomic_path, os_reason
 from hardctl.errors import CheckpointError, ModelError, did_you_mean
 from hardctl.runfiles import MODEL_FILE
 
@@ -242,7 +242,7 @@ def save_model(
             # save_model (not save_file) drops tied duplicates and makes tensors contiguous
             safetensors.torch.save_model(model, str(tmp), metadata=metadata)
     except (OSError, safetensors.SafetensorError) as e:
-        reason = getattr(e, "strerror", None) or e
+        reason = os_reason(e) or e  # "no space left on device", not safetensors' "I/O error: ... (os error 28)"
         raise CheckpointError(
             f"cannot write weights file {path}: {reason}", hint="check free disk space and permissions"
         ) from None

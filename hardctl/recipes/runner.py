@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from hardctl.dirlock import locked_folder
 from hardctl.errors import DataError, HardctlError, UsageError
 from hardctl.runfiles import SUMMARY_FILE
 from hardctl.recipes.results import (PlannedRun, resumable, read_summary, collect, format_delta, format_mean_sem,
@@ -122,7 +123,6 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
     reused likewise); an eval arm (``command = "eval"``) trains nothing and scores its teacher once.
     """
     from hardctl.distill.progress import Reporter
-    from hardctl.recipes import evaluation
 
     reporter = progress if progress is not None else Reporter()
     overrides = dict(overrides or {})
@@ -136,6 +136,15 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder", hint="pick another --out")
+    with locked_folder(out_dir):  # one `recipes run` per --out: a second one is refused (exit 2)
+        return _run_locked(recipe, out_dir, seeds=seeds, arms=arms, overrides=overrides, reuse=reuse,
+                           reporter=reporter)
+
+
+def _run_locked(recipe: Recipe, out_dir: Path, *, seeds: list[int], arms: Iterable[str] | None,
+                overrides: dict[str, str], reuse: bool, reporter) -> dict[str, Any]:
+    """:func:`run_recipe` once it holds the lock on ``out_dir``."""
+    from hardctl.recipes import evaluation
 
     if recipe.kind == "toy":
         return _run_toy(recipe, out_dir, seeds=seeds, overrides=overrides,
