@@ -75,11 +75,12 @@ _batch: ContextVar[_Batch | None] = ContextVar("hardctl_atomic_batch", default=N
 
 @contextmanager
 def replace_together(journal: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]]) -> Iterator[None]:
-    """Within the block, writes to ``paths`` through :func:`atomic_path` become visible together, at its end.
+    """Within the block, writes to ``paths`` through :func:`atomic_path` become visible together.
 
-    ``paths`` is also the order of the renames (the file that marks the set complete goes last). ``journal``
-    names the file that lists the renames while they happen (beside or above the paths); an exception in
-    the block removes every staged temporary file and replaces nothing.
+    ``paths`` is also the order of the renames. The last one completes the set: once it is written, every
+    staged file replaces its target (it is renamed last); what is staged without it is replaced when the
+    block ends. ``journal`` names the file that lists the renames while they happen (beside or above the
+    paths). An exception in the block removes every staged temporary file and replaces nothing more.
     """
     batch = _Batch(Path(journal), [Path(p) for p in paths])
     token = _batch.set(batch)
@@ -130,8 +131,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         if batch is not None and batch.stages(path):
-            batch.staged[Path(os.path.abspath(path))] = tmp
+            final = Path(os.path.abspath(path))
+            batch.staged[final] = tmp
             tmp = None
+            if final == batch.order[-1]:  # the file that completes the set: all of them are replaced now
+                batch.commit()
         else:
             os.replace(tmp, path)
     finally:

@@ -294,18 +294,25 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         reason = os_reason(exc)
         if reason is None and not isinstance(exc, OSError) and "inline_container" not in str(exc):
             raise  # not a failed write: a bug, keep its traceback
-        raise CheckpointError(f"cannot write checkpoint {path}: {reason or exc}",
-                              hint="free some disk space and continue with --resume; the previous checkpoint "
-                                   "is intact") from None
+        raise _cannot_write(path, reason or str(exc), path.parent / Path(LAST_CHECKPOINT).name) from None
+
+
+def _cannot_write(path: Path, reason: str, last: Path) -> CheckpointError:
+    """The error of a checkpoint that could not be written; ``last``: the run's committed ``last.pt``."""
+    if last.is_file():
+        hint = "make room (disk space, file-size limit) and continue with --resume; the previous checkpoint is intact"
+    else:
+        hint = "make room (disk space, file-size limit) and start it again with --force"
+    return CheckpointError(f"cannot write checkpoint {path}: {reason}", hint=hint)
 
 
 @contextmanager
 def checkpoint_together(run_dir: Path) -> Iterator[None]:
     """In the block, the files of one checkpoint (:data:`CHECKPOINT_FILES`) are written to temporary files and
-    replace the old ones together when it ends, ``last.pt`` last (:func:`hardctl.atomic.replace_together`):
-    a failed write (disk full) keeps the whole previous checkpoint, and a kill while they are renamed is
-    completed by ``--resume`` (:func:`prepare_run_dir`). So ``last.safetensors`` never shows a later epoch
-    than ``checkpoints/last.pt``."""
+    replace the old ones together once ``last.pt`` is written, ``last.pt`` last
+    (:func:`hardctl.atomic.replace_together`): a failed write (disk full) keeps the whole previous
+    checkpoint, and a kill while they are renamed is completed by ``--resume`` (:func:`prepare_run_dir`).
+    So ``last.safetensors`` never shows a later epoch than ``checkpoints/last.pt``."""
     run_dir = Path(run_dir)
     body_done = False
     try:
@@ -315,15 +322,15 @@ def checkpoint_together(run_dir: Path) -> Iterator[None]:
     except OSError as exc:
         if not body_done:
             raise
-        raise CheckpointError(f"cannot write checkpoint {run_dir / LAST_CHECKPOINT}: {os_reason(exc) or exc}",
-                              hint="free some disk space and continue with --resume; the previous checkpoint "
-                                   "is intact") from None
+        last = run_dir / LAST_CHECKPOINT
+        raise _cannot_write(last, os_reason(exc) or str(exc), last) from None
 
 
 def one_checkpoint(method):
     """Decorate a trainer method that writes one epoch's checkpoint (it has ``self.run_dir``): what it writes
-    of :data:`CHECKPOINT_FILES` appears together when it returns (:func:`checkpoint_together`). Until then
-    those paths hold the previous epoch's files, which is what the method reads if it reads one back."""
+    of :data:`CHECKPOINT_FILES` appears together when it writes ``last.pt`` (:func:`checkpoint_together`).
+    Until then those paths hold the previous epoch's files, which is what the method reads if it reads one
+    back; an exception before then (Ctrl-C included) leaves all of them as they were."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
