@@ -24,6 +24,13 @@ from hardctl.values import check_value
 
 OPTIMIZERS = ("adam", "adamw", "lion", "sgd")  # --optimizer (built in hardctl.distill.schedules)
 SCHEDULES = ("cosine", "plateau")  # --schedule
+SELECT_CHOICES = ("auto", "last", "best")  # --select
+
+
+def default_select(command: str) -> str:
+    """``--select auto``: the final student for ``distill`` (the paper trains to a fixed budget, and centered
+    validation accuracy cannot see the invariance HARD transfers), the best-validation model for ``train``."""
+    return "last" if command == "distill" else "best"
 
 # RunConfig field -> HardDefaults field, for the HARD settings an augmentor gives defaults for.
 HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patience", "lambda_s": "lambda_s",
@@ -63,6 +70,9 @@ class RunConfig:
     shift_px: int | None = None  # None: 3 px per 28 px of image side (see hardctl.data.shift)
     shift_seed: int = 0
     log_every: int = 20
+    # which student the run reports (summary.json, model.safetensors, eval RUN, recipes): "last" (the final
+    # weights) or "best" (best centered validation accuracy); "auto" resolves to last for distill, best for train
+    select: str = "auto"
     augment: str = "none"  # baseline augmentation of the training images (hardctl.data.baselines), before HARD's
     random_erasing: float = 0.0  # probability of v2.RandomErasing per image, after --augment (timm's --reprob)
     mixup: float = 0.0  # MixUp's Beta(α, α) per batch (hardctl.data.batchmix); 0 = off
@@ -151,6 +161,7 @@ class RunConfig:
             (self.cutmix >= 0, "--cutmix must be >= 0 (CutMix's Beta alpha; 0 turns it off)"),
             (0 <= self.mix_switch_prob <= 1, "--mix-switch-prob must be a probability in [0, 1]"),
             (self.switch_on in ("teacher", "labels"), "--switch-on must be teacher or labels"),
+            (self.select in SELECT_CHOICES, "--select must be last or best"),
             (self.max_aug_steps >= 1, "--max-aug-steps must be at least 1"),
             (self.l_min is None or 0 <= self.l_min <= 1, "--l-min must be an error rate in [0, 1]"),
             (self.l_max is None or 0 <= self.l_max <= 1, "--l-max must be an error rate in [0, 1]"),

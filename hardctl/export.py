@@ -31,7 +31,7 @@ import hardctl
 from hardctl.atomic import atomic_path
 from hardctl.config import RunConfig
 from hardctl.errors import CheckpointError, HardctlError, UsageError, did_you_mean
-from hardctl.runfiles import LAST_MODEL_FILE, MODEL_FILE, SUMMARY_FILE
+from hardctl.runfiles import BEST_MODEL_FILE, LAST_MODEL_FILE, MODEL_FILE, SUMMARY_FILE
 
 if TYPE_CHECKING:  # hardctl.models imports torch: only where the work starts
     from hardctl.models import ModelInfo
@@ -57,7 +57,19 @@ class ExportError(HardctlError):
     """The exporter failed or the written file does not compute what the model computes (exit 1)."""
 
 
-def export_run(run_dir: Path, out: Path, *, which: str = "best", fmt: str = "safetensors",
+WEIGHTS = {"selected": MODEL_FILE, "best": BEST_MODEL_FILE, "last": LAST_MODEL_FILE}  # --which -> run-dir file
+
+
+def weights_file(run_dir: Path, which: str) -> Path:
+    """The run's weights file for ``--which``: the student it reports (``selected``, its ``--select``), the
+    best-validation or the last one (runs of older versions have no best.safetensors: model.safetensors was it)."""
+    path = run_dir / WEIGHTS[which]
+    if which == "best" and not path.is_file():
+        return run_dir / MODEL_FILE
+    return path
+
+
+def export_run(run_dir: Path, out: Path, *, which: str = "selected", fmt: str = "safetensors",
                opset: int | None = None, dynamic_batch: bool = False, atol: float = DEFAULT_ATOL,
                force: bool = False) -> dict[str, Any]:
     """Export the run's ``best`` (highest validation accuracy) or ``last`` student to ``out`` as ``fmt``.
@@ -72,7 +84,7 @@ def export_run(run_dir: Path, out: Path, *, which: str = "best", fmt: str = "saf
     from hardctl.models import load_model
 
     cfg = RunConfig.load(run_dir)
-    source = run_dir / (MODEL_FILE if which == "best" else LAST_MODEL_FILE)
+    source = weights_file(run_dir, which)
     model, info = load_model(str(source))
     model.eval()
     notes: list[str] = []
@@ -113,8 +125,8 @@ def _check_request(run_dir: Path, out: Path, which: str, fmt: str, opset: int | 
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}{did_you_mean(fmt, FORMATS)}",
                          hint=f"choose one of {', '.join(FORMATS)}")
-    if which not in ("best", "last"):
-        raise UsageError(f"--which must be best or last, not {which!r}")
+    if which not in WEIGHTS:
+        raise UsageError(f"--which must be selected, best or last, not {which!r}")
     if not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
         raise UsageError(f"--atol must be a finite number >= 0, not {atol}")
     if fmt != "onnx" and (opset is not None or dynamic_batch):
@@ -131,7 +143,7 @@ def _check_request(run_dir: Path, out: Path, which: str, fmt: str, opset: int | 
             raise UsageError(f"--opset {opset} is outside {DEFAULT_OPSET}..{newest}",
                              hint=f"torch's ONNX exporter writes opset {DEFAULT_OPSET} and newer; the installed "
                                   f"onnx knows up to {newest}")
-    source = run_dir / (MODEL_FILE if which == "best" else LAST_MODEL_FILE)
+    source = weights_file(run_dir, which)
     if not run_dir.is_dir():
         raise UsageError(f"no such run directory: {run_dir}")
     if not source.is_file():

@@ -9,8 +9,9 @@ importing torch or pointing an import upwards. What each file holds: :mod:`hardc
 CONFIG_FILE = "config.toml"  # the resolved RunConfig, read back by --resume
 STEPS_FILE = "steps.jsonl"  # one JSON object per optimisation step
 EPOCHS_FILE = "epochs.jsonl"  # one JSON object per epoch
-MODEL_FILE = "model.safetensors"  # the best-validation weights: what a run directory loads as
+MODEL_FILE = "model.safetensors"  # the weights the run reports (--select): what a run directory loads as
 LAST_MODEL_FILE = "last.safetensors"  # the weights after the last finished epoch
+BEST_MODEL_FILE = "best.safetensors"  # the weights of the best centered validation accuracy
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"  # full training state for --resume
 BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"  # full training state at the best validation accuracy
@@ -25,6 +26,6 @@ RUN_MARKER = ".hardctl-run"  # written when hardctl creates a run directory: --f
 LOCK_FILE = ".hardctl-lock"  # locked by the one process writing the folder (a run; recipes run on its --out)
 COMMIT_JOURNAL = ".hardctl-commit.json"  # the renames of a checkpoint being committed (rundir.one_checkpoint)
 
-__all__ = ["BEST_CHECKPOINT", "CHECKPOINT_DIR", "COMMIT_JOURNAL", "CONFIG_FILE", "EPOCHS_FILE", "EVAL_FILE",
+__all__ = ["BEST_CHECKPOINT", "BEST_MODEL_FILE", "CHECKPOINT_DIR", "COMMIT_JOURNAL", "CONFIG_FILE", "EPOCHS_FILE", "EVAL_FILE",
            "FIGURE_FILES", "LAST_CHECKPOINT", "LAST_MODEL_FILE", "LOCK_FILE", "LOG_FILE", "MODEL_FILE", "POOL_DIR",
            "RUN_MARKER", "STEPS_FILE", "SUMMARY_FILE"]

@@ -152,7 +152,7 @@ def test_safetensors_stays_the_default_and_gains_class_names(cli, tmp_path):
     assert result.out.startswith(f"wrote {out} (safetensors, hard_mnist_mlp, 10 classes); max |logit difference| 0 ")
     meta = read_metadata(out)
     assert json.loads(meta["classes"]) == DIGITS and meta["normalization"] == "not folded"
-    assert (meta["format"], meta["weights"], meta["shifted_acc"]) == ("hardctl", "best", "0.2500")
+    assert (meta["format"], meta["weights"], meta["shifted_acc"]) == ("hardctl", "selected", "0.2500")
     model, info = load_model(str(out))  # hardctl's loader applies mean/std itself
     images = digits_images(4)
     with torch.no_grad():
@@ -244,7 +244,7 @@ def one_line_error(result, code: int, *fragments: str) -> str:
     (["--dynamic-batch"], ["--dynamic-batch applies only to --format onnx"]),
     (["--atol", "nan"], ["--atol must be a finite number >= 0, not nan"]),
     (["--atol", "-1"], ["--atol must be a finite number >= 0, not -1.0"]),
-    (["--which", "middle"], ["--which must be best or last, not 'middle'"]),
+    (["--which", "middle"], ["--which must be selected, best or last, not 'middle'"]),
     (["--which", "last"], ["has no last.safetensors"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("-") else None)
 def test_bad_requests_are_usage_errors(cli, tmp_path, monkeypatch, args, fragments):

@@ -99,8 +99,9 @@ def test_force_replaces_a_run_and_only_its_own_files(cli, tmp_path, finished_run
     result = train(cli, out, "--force", "--seed", "7")
     assert result.code == 0, result.err
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([".hardctl-lock", ".hardctl-run", "checkpoints", "config.toml", "epochs.jsonl",
-                            "last.safetensors", "log.txt", "model.safetensors", "steps.jsonl", "summary.json"])
+    assert names == sorted([".hardctl-lock", ".hardctl-run", "best.safetensors", "checkpoints", "config.toml",
+                            "epochs.jsonl", "last.safetensors", "log.txt", "model.safetensors", "steps.jsonl",
+                            "summary.json"])
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert (out / "config.toml").read_text() != old_config and "seed = 7" in (out / "config.toml").read_text()
     assert len(rundir.read_jsonl(out / "epochs.jsonl")) == 1  # the old run's log went, not appended to

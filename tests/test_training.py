@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from hardctl.config import RunConfig
 from hardctl.distill import rundir
@@ -28,7 +29,7 @@ def read(path):
 def test_run_directory_has_every_artifact(tmp_path):
     summary = run(RunConfig(command="train", **TINY), tmp_path / "run")
     run_dir = tmp_path / "run"
-    for name in ("config.toml", "steps.jsonl", "epochs.jsonl", "model.safetensors", "last.safetensors",
+    for name in ("config.toml", "steps.jsonl", "epochs.jsonl", "model.safetensors", "last.safetensors", "best.safetensors",
                  "checkpoints/last.pt", "checkpoints/best.pt", "summary.json", "log.txt"):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.rglob(".*.tmp"))  # atomic writes leave no temp files
@@ -39,7 +40,7 @@ def test_run_directory_has_every_artifact(tmp_path):
     with safe_open(run_dir / "model.safetensors", "pt") as fh:
         meta = fh.metadata()
     assert meta["arch"] == "hard_mnist_mlp" and meta["num_classes"] == "10" and meta["data"] == "digits"
-    assert RunConfig.load(run_dir) == RunConfig(command="train", **TINY)
+    assert RunConfig.load(run_dir) == RunConfig(command="train", select="best", **TINY)  # --select auto, resolved
     assert summary["student"]["test_acc"] > 60  # 3 epochs of an MLP on digits already learn something
     assert summary["plugins"]["data"]["plugin"] == "builtin_datasets"  # who supplied the data set
     assert summary["plugins"]["data"]["distribution"] == "hardctl" and "augmentor" not in summary["plugins"]
@@ -189,3 +190,33 @@ def test_progress_is_a_rich_bar_on_a_terminal_and_plain_lines_elsewhere():
     assert [line.split(" loss")[0] for line in lines] == ["epoch 2/3 step 4/10", "epoch 2/3 step 8/10",
                                                          "epoch 2/3 step 10/10"]
     assert "loss 0.2500 lr 1.00e-03" in lines[0]
+
+
+@pytest.mark.parametrize("command, select, reported", [("train", "auto", "best"), ("train", "last", "last"),
+                                                       ("distill", "auto", "last"), ("distill", "best", "best")])
+def test_select_decides_which_model_the_run_reports_and_keeps_the_other(tmp_path, digits_teacher, monkeypatch,
+                                                                         command, select, reported):
+    """--select: summary.json's student and model.safetensors are the last or the best-validation weights; both
+    candidates are scored and kept. Validation accuracy is scripted so the best epoch (2 of 3) is not the last."""
+    from hardctl.distill.trainer import Trainer
+
+    scripted, original = iter([10.0, 50.0, 20.0]), Trainer.evaluate
+
+    def evaluate(self, dataset, model=None, normalize=None):
+        result = original(self, dataset, model, normalize)
+        return {**result, "acc": next(scripted)} if dataset is self.components.data.val else result
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    extra = {"teacher": str(digits_teacher), "augmentor": "none"} if command == "distill" else {}
+    summary = run(RunConfig(command=command, select=select, **TINY, **extra), tmp_path / "run")
+    candidates = summary["candidates"]
+    assert summary["select"] == reported and RunConfig.load(tmp_path / "run").select == reported
+    assert (candidates["best"]["epoch"], candidates["last"]["epoch"]) == (2, 3)
+    assert candidates["best"]["val_acc"] == 50.0 and candidates["best"]["file"] == "best.safetensors"
+    for key in ("test_acc", "shifted_acc"):
+        assert summary["student"][key] == candidates[reported][key]
+    reported_file = tmp_path / "run" / candidates[reported]["file"]
+    model, best = (load_file(tmp_path / "run" / name) for name in ("model.safetensors", reported_file.name))
+    assert all(torch.equal(model[k], best[k]) for k in model)  # model.safetensors is the reported student
+    with safe_open(tmp_path / "run" / "model.safetensors", "pt") as fh:
+        assert fh.metadata()["epoch"] == str(candidates[reported]["epoch"])

@@ -10,6 +10,7 @@ command is built from these declarations, and importing torch would cost it seco
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import sys
@@ -91,6 +92,11 @@ Resume = Annotated[Optional[Path], typer.Option("--resume", rich_help_panel=OUTP
     "Continue the run in this directory from its last checkpoint, with its saved configuration."))]
 Force = Annotated[bool, typer.Option("--force", rich_help_panel=OUTPUT, help="Replace an existing run directory.")]
 Json = Annotated[bool, typer.Option("--json", rich_help_panel=OUTPUT, help="Print the result as JSON on stdout.")]
+Select = Annotated[str, typer.Option("--select", rich_help_panel=OUTPUT, metavar="last|best", help=(
+    "Which model the run reports and model.safetensors holds: the final one (last) or the one with the best "
+    "centered validation accuracy (best); the other is kept as last.safetensors / best.safetensors. "
+    "\\[default: last for distill (the paper trains to a fixed budget; centered validation cannot see the "
+    "invariance HARD transfers), best for train]"))]
 LogEvery = Annotated[int, typer.Option("--log-every", min=1, rich_help_panel=OUTPUT,
                                        help="Steps between progress lines when stderr is not a terminal.")]
 
@@ -106,6 +112,7 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "plateau_decays": (PlateauDecays, D.plateau_decays), "amp": (Amp, D.amp),
     "device": (Device, D.device), "seed": (Seed, D.seed), "workers": (Workers, D.workers), "out": (Out, None),
     "resume": (Resume, None), "force": (Force, False), "json": (Json, False), "log_every": (LogEvery, D.log_every),
+    "select": (Select, D.select),
 }
 
 
@@ -160,7 +167,10 @@ def start_run(ctx: typer.Context, cfg: RunConfig) -> dict[str, Any]:
         saved = RunConfig.load(resume)
         if saved.command != cfg.command:
             raise UsageError(f"{resume} is a {saved.command!r} run", hint=f"resume it with hardctl {saved.command}")
-        cfg, out = saved, resume
+        # what only watches the run may change on resume: the device, DataLoader workers, log frequency
+        watched = {name: getattr(cfg, name) for name in ("device", "workers", "log_every")
+                   if name in explicit_options(ctx)}
+        cfg, out = dataclasses.replace(saved, **watched), resume
     out = out or default_out(cfg.command, cfg.model)
     summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every))
     print_summary(summary, ctx.params["json"])
@@ -185,6 +195,12 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     console = Console(file=sys.stdout)
     console.print(table)
     console.print(f"run directory: {summary['run_dir']}  (best val acc {summary['best_val_acc']:.2f}%)")
+    other = {"last": "best", "best": "last"}.get(summary.get("select", ""))
+    candidate = summary.get("candidates", {}).get(other)
+    if candidate and summary["command"] == "distill" or (candidate and other == "last"):
+        console.print(f"reported: the {summary['select']} {'student' if summary['command'] == 'distill' else 'model'}"
+                      f" (--select); {candidate['file']} (epoch {candidate['epoch']}) scores "
+                      f"{candidate['test_acc']:.2f} centered / {candidate['shifted_acc']:.2f} shifted")
     if summary.get("stopped_early"):
         console.print(f"stopped early after epoch {summary['stopped_early']}: the plateau schedule used its last decay")
     hard = summary.get("hard")

@@ -32,7 +32,8 @@ def export(
     atol: Annotated[float, typer.Option("--atol", help=(
         "Largest absolute logit difference from the PyTorch model allowed when the written file is checked "
         "on the run's test images."))] = 1e-4,
-    which: Annotated[str, typer.Option("--which", help="best (highest validation accuracy) or last.")] = "best",
+    which: Annotated[str, typer.Option("--which", help=(
+        "selected (the student the run reports, its --select), best (highest validation accuracy) or last."))] = "selected",
     force: Force = False,
     json: Json = False,
 ) -> None:

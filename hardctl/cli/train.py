@@ -25,8 +25,8 @@ def train(
 ) -> None:
     """Train a classifier with cross-entropy on the labels (a teacher, or a student baseline).
 
-    Writes a run directory with config.toml, steps.jsonl, epochs.jsonl, model.safetensors (best
-    validation accuracy), last.safetensors, checkpoints/ and summary.json; prints centered and
-    shifted test accuracy of the best weights.
+    Writes a run directory with config.toml, steps.jsonl, epochs.jsonl, model.safetensors (the reported
+    model: by default the best validation accuracy, see --select), best.safetensors, last.safetensors,
+    checkpoints/ and summary.json; prints centered and shifted test accuracy of the reported model.
     """
     start_run(ctx, config_from_params("train", ctx.params))

@@ -6,6 +6,7 @@ model, data set or augmentor is reported in one line before a run directory hold
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -15,7 +16,7 @@ from torch import nn
 
 from hardctl import plugins
 from hardctl.augment import build_augmentor, resolve, resolved_options, split_name
-from hardctl.config import RunConfig
+from hardctl.config import RunConfig, default_select
 from hardctl.data import DataBundle, load_data, parse_spec
 from hardctl.data.batchmix import build_mixer
 from hardctl.data.baselines import augmented_train, parse_augment
@@ -49,6 +50,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     λ's, learning rate and batch size). What a run directory's ``config.toml`` records."""
     cfg = cfg.validate()
     parse_augment(cfg.augment)  # an unknown part is a usage error naming it
+    if cfg.select == "auto":
+        cfg = dataclasses.replace(cfg, select=default_select(cfg.command))
     if not cfg.uses_hard:
         return cfg
     defaults = resolve(cfg.augmentor)[0].hard_defaults  # a composition takes its first part's

@@ -5,7 +5,8 @@ Layout of ``RUN/``::
     config.toml            the resolved RunConfig (read back by --resume)
     steps.jsonl            one JSON object per optimisation step
     epochs.jsonl           one JSON object per epoch (losses, accuracies, lr, time)
-    model.safetensors      the student's best-validation weights with metadata (what ``RUN`` loads as)
+    model.safetensors      the student the run reports (--select: last or best), what ``RUN`` loads as
+    best.safetensors       the student's best-validation weights
     last.safetensors       the student's weights after the last finished epoch
     checkpoints/last.pt    full training state after the last finished epoch (for --resume)
     checkpoints/best.pt    full training state at the best validation accuracy
@@ -44,11 +45,11 @@ from hardctl.atomic import (atomic_path, atomic_write_bytes, finish_replacing, i
                             replace_together)
 from hardctl.dirlock import DirLock, locked_folder
 from hardctl.errors import CheckpointError, UsageError
-from hardctl.runfiles import (BEST_CHECKPOINT, CHECKPOINT_DIR, COMMIT_JOURNAL, CONFIG_FILE, EPOCHS_FILE, EVAL_FILE,
-                              FIGURE_FILES, LAST_CHECKPOINT, LAST_MODEL_FILE, LOCK_FILE, LOG_FILE, MODEL_FILE,
+from hardctl.runfiles import (BEST_CHECKPOINT, BEST_MODEL_FILE, CHECKPOINT_DIR, COMMIT_JOURNAL, CONFIG_FILE,
+                              EPOCHS_FILE, EVAL_FILE, FIGURE_FILES, LAST_CHECKPOINT, LAST_MODEL_FILE, LOCK_FILE, LOG_FILE, MODEL_FILE,
                               POOL_DIR, RUN_MARKER, STEPS_FILE, SUMMARY_FILE)
 
-__all__ = ["BEST_CHECKPOINT", "CHECKPOINT_DIR", "CHECKPOINT_FILES", "CONFIG_FILE", "EPOCHS_FILE", "LAST_CHECKPOINT",
+__all__ = ["BEST_CHECKPOINT", "BEST_MODEL_FILE", "CHECKPOINT_DIR", "CHECKPOINT_FILES", "CONFIG_FILE", "EPOCHS_FILE", "LAST_CHECKPOINT",
            "LAST_MODEL_FILE", "LOG_FILE", "MODEL_FILE", "RUN_MARKER", "STEPS_FILE", "SUMMARY_FILE", "JsonlLog",
            "RunLog", "checkpoint_together", "foreign_entries", "is_run_dir", "load_checkpoint", "one_checkpoint",
            "open_run_dir", "prepare_run_dir", "read_jsonl", "remove_stale_temps", "rng_state", "save_checkpoint",
@@ -56,13 +57,14 @@ __all__ = ["BEST_CHECKPOINT", "CHECKPOINT_DIR", "CHECKPOINT_FILES", "CONFIG_FILE
 
 
 # What --force may delete: hardctl's own names (and temporary files of its atomic writes) and nothing else.
-_OWN_FILES = frozenset({CONFIG_FILE, STEPS_FILE, EPOCHS_FILE, MODEL_FILE, LAST_MODEL_FILE, SUMMARY_FILE, LOG_FILE,
+_OWN_FILES = frozenset({CONFIG_FILE, STEPS_FILE, EPOCHS_FILE, MODEL_FILE, LAST_MODEL_FILE, BEST_MODEL_FILE,
+                        SUMMARY_FILE, LOG_FILE,
                         EVAL_FILE, *FIGURE_FILES, RUN_MARKER, LOCK_FILE, COMMIT_JOURNAL})
 _OWN_FOLDERS = {CHECKPOINT_DIR: re.compile(r"^(last|best)\.pt$"), POOL_DIR: re.compile(r"^pool-\d+\.safetensors$")}
 _BOOKKEEPING = frozenset({RUN_MARKER, LOCK_FILE})  # a folder holding only these is as good as empty
 _WRITE_PROBE = ".hardctl-write-test-"
 # One epoch's checkpoint, in commit order: last.pt goes last, so it never names an epoch whose files are not on disk.
-CHECKPOINT_FILES = (LAST_MODEL_FILE, MODEL_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT)
+CHECKPOINT_FILES = (LAST_MODEL_FILE, BEST_MODEL_FILE, MODEL_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import load_model as load_weights
 from torch import nn
@@ -292,9 +293,12 @@ class Trainer:
         if self.dist.is_main:
             self.epochs_log.append(record)
             extra = {"data": self.cfg.data, "epoch": str(record["epoch"]), "val_acc": f"{record['val_acc']:.4f}"}
-            save_model(self.student, self.components.student_info, self.run_dir / rundir.LAST_MODEL_FILE, extra=extra)
+            info = self.components.student_info
+            save_model(self.student, info, self.run_dir / rundir.LAST_MODEL_FILE, extra=extra)
             if improved:
-                save_model(self.student, self.components.student_info, self.run_dir / rundir.MODEL_FILE, extra=extra)
+                save_model(self.student, info, self.run_dir / rundir.BEST_MODEL_FILE, extra=extra)
+            if improved or self.cfg.select == "last":  # model.safetensors: the student the run reports
+                save_model(self.student, info, self.run_dir / rundir.MODEL_FILE, extra={**extra, "select": self.cfg.select})
         if event in (DECAY, STOP):
             self.restore_best()  # before the state is taken: a resumed run continues from the restored weights
         if self.dist.is_main:
@@ -317,8 +321,11 @@ class Trainer:
                      f"({sched.max_decays} lr decays)")
 
     def restore_best(self) -> None:
-        """Load the best-validation weights (``model.safetensors``) back into the student."""
-        load_weights(self.student, str(self.run_dir / rundir.MODEL_FILE), strict=True, device=str(self.device))
+        """Load the best-validation weights back into the student (``model.safetensors`` in runs of hardctl
+        versions that wrote no ``best.safetensors``)."""
+        best = self.run_dir / rundir.BEST_MODEL_FILE
+        best = best if best.is_file() else self.run_dir / rundir.MODEL_FILE
+        load_weights(self.student, str(best), strict=True, device=str(self.device))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -361,13 +368,31 @@ class Trainer:
         self.log(f"resuming after epoch {self.epoch} (step {self.step_count}, best val acc {self.best_val:.2f}%)")
         return state
 
+    def score_candidates(self) -> dict[str, dict[str, Any]]:
+        """The last and the best-validation weights, each scored on the centered and shifted test sets, with
+        the epoch and validation accuracy it was saved at. The checkpoint is never picked on test data."""
+        data, scored = self.components.data, {}
+        for which, name in (("last", rundir.LAST_MODEL_FILE), ("best", rundir.BEST_MODEL_FILE)):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+            self.student.load_state_dict(load_file(path, device=str(self.device)))
+            scored[which] = {"file": name, "epoch": int(meta.get("epoch", 0)) or None,
+                             "val_acc": float(meta["val_acc"]) if "val_acc" in meta else None,
+                             "test_acc": self.evaluate(data.test)["acc"],
+                             "shifted_acc": self.evaluate(data.shifted_test)["acc"]}
+        return scored
+
     def finish(self) -> dict[str, Any]:
-        """Score the best weights (and the teacher) on the centered and shifted test sets: the run's summary
-        (written by :func:`hardctl.distill.run.run`, together with the figures)."""
+        """Score the reported student (``--select``), the other candidate and the teacher on the centered and
+        shifted test sets: the run's summary (written by :func:`hardctl.distill.run.run`, with the figures)."""
         data = self.components.data
-        best = self.run_dir / rundir.MODEL_FILE
-        if best.is_file():
-            self.student.load_state_dict(load_file(best, device=str(self.device)))
+        candidates = self.score_candidates()
+        selected = candidates.get(self.cfg.select) or candidates.get("last") or {}
+        if self.cfg.select in candidates:  # the student in memory is the one reported
+            self.student.load_state_dict(load_file(self.run_dir / rundir.MODEL_FILE, device=str(self.device)))
         summary: dict[str, Any] = {
             "command": self.cfg.command,
             "data": self.cfg.data,
@@ -376,9 +401,10 @@ class Trainer:
             "best_val_acc": self.best_val,
             "stopped_early": self.stopped_early,  # the last epoch of a run the plateau schedule ended, else None
             "shift_px": data.info["shift_px"],
+            "select": self.cfg.select,  # which of the candidates "student" is: the last or the best-validation one
             "student": {"spec": self.cfg.model, "arch": self.components.student_info.arch,
-                        "test_acc": self.evaluate(data.test)["acc"],
-                        "shifted_acc": self.evaluate(data.shifted_test)["acc"]},
+                        "test_acc": selected.get("test_acc"), "shifted_acc": selected.get("shifted_acc")},
+            "candidates": candidates,
             "run_dir": str(self.run_dir),
             "plugins": self.components.provenance,
         }
