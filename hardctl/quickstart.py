@@ -10,6 +10,8 @@ it is complete, so an interrupted first run never leaves a half-trained teacher 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -19,7 +21,7 @@ from pathlib import Path
 from hardctl.config import RunConfig
 from hardctl.runfiles import SUMMARY_FILE
 
-__all__ = ["DEFAULT_DISTILL", "DEFAULT_TEACHER", "cache_dir", "default_teacher", "apply_default_recipe"]
+__all__ = ["DEFAULT_DISTILL", "DEFAULT_TEACHER", "cache_dir", "default_teacher", "apply_default_recipe", "plain_kd"]
 
 # What a bare `hardctl distill` runs (the README's main job): the `hard-affine` arm of the transfer-digits
 # recipe, whose settings are explained there.
@@ -77,3 +79,28 @@ def apply_default_recipe(cfg: RunConfig, *, explicit: set[str], say=None) -> Run
             "options on the command line override it")
     resolved.teacher = str(default_teacher(resolved.data, shift_px=resolved.shift_px, say=say))
     return resolved
+
+
+def plain_kd(cfg: RunConfig, say=None) -> dict:
+    """The summary of plain KD with ``cfg``'s teacher, student, data and schedule (``--augmentor none``): the
+    main job's baseline row. Trained once per configuration and cached like the teacher."""
+    from hardctl.distill.progress import reporter_for
+    from hardctl.distill.run import run
+
+    say = say or (lambda message: print(message, file=sys.stderr))
+    kd = dataclasses.replace(cfg, augmentor="none", aug_options={}, **{name: None for name in (
+        "l_min", "l_max", "switch_patience", "lambda_s", "lambda_t", "aug_lr", "aug_batch_size")})
+    settings = {k: v for k, v in kd.to_dict().items() if k not in ("device", "workers", "log_every")}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    target = cache_dir() / "kd" / f"{_slug(kd.data)}-{_slug(Path(kd.model).name)}-{key}"
+    if (target / SUMMARY_FILE).is_file():
+        say(f"hardctl: using the cached plain-KD baseline {target}")
+    else:
+        say(f"hardctl: training the plain-KD baseline once ({kd.epochs} epochs, --augmentor none) into {target}")
+        partial = target.with_name(target.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        run(kd, partial, reporter=reporter_for(every=kd.log_every))
+        partial.rename(target)
+    summary = json.loads((target / SUMMARY_FILE).read_text())
+    return {**summary, "run_dir": str(target)}  # trained as .partial, then renamed into place

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,14 +267,39 @@ def test_bare_distill_runs_the_default_recipe_and_caches_its_teacher(tmp_path, c
     summary = json.loads(first.out)
     assert summary["data"] == "digits" and summary["student"]["arch"] == "hard_mnist_mlp"
     assert summary["hard"]["augmentor"] == "affine" and "figures" in summary["hard"]
+    kd = summary["kd_baseline"]  # the main job compares HARD with plain KD of the same recipe, like table 1
+    kd_run = json.loads((tmp_path / "cache" / "kd" / Path(kd["run_dir"]).name / "summary.json").read_text())
+    assert RunConfig.load(kd["run_dir"]).augmentor == "none" and kd["test_acc"] == kd_run["student"]["test_acc"]
+    assert "training the plain-KD baseline once" in first.err
     teacher = tmp_path / "cache" / "teachers" / "digits-hard_mnist_cnn-e1-s0-shift"
     assert summary["teacher"]["spec"] == str(teacher) and (teacher / "model.safetensors").is_file()
     cfg = RunConfig.load(tmp_path / "run")
     assert (cfg.l_min, cfg.aug_lr, cfg.lr) == (0.1, 0.01, 5e-3)  # the recipe's values, resolved into the run
     again = cli("distill", "--out", tmp_path / "run2", "--l-min", "0.2", "--json")
     assert again.code == 0 and "using the cached default teacher" in again.err
+    assert "using the cached plain-KD baseline" in again.err  # --l-min changes HARD, not the KD baseline
     assert "running the default recipe" not in again.err  # an option was typed: only the teacher is defaulted
     assert RunConfig.load(tmp_path / "run2").l_min == 0.2
+
+
+def test_the_main_job_prints_teacher_kd_and_hard_with_the_difference(tmp_path, cli, monkeypatch):
+    from hardctl import quickstart
+
+    monkeypatch.setenv("HARDCTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(quickstart.DEFAULT_TEACHER, "epochs", 1)
+    monkeypatch.setitem(quickstart.DEFAULT_DISTILL, "epochs", 1)
+    monkeypatch.setenv("COLUMNS", "200")
+    result = cli("distill", "--out", tmp_path / "run")
+    assert result.code == 0, result.err
+    rows = {line.split("│")[1].strip(): line for line in result.out.splitlines() if line.count("│") >= 4}
+    assert {"teacher", "plain KD student", "HARD student", "HARD − KD"} <= set(rows)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    kd_dir = next((tmp_path / "cache" / "kd").iterdir())
+    kd = json.loads((kd_dir / "summary.json").read_text())["student"]
+    difference = summary["student"]["shifted_acc"] - kd["shifted_acc"]
+    assert f"{difference:+.2f}" in rows["HARD − KD"]
+    # one epoch is too short for the student to reach l_min: the run says HARD never switched, and why
+    assert "HARD made no switch" in result.out and "--epochs" in result.out
 
 
 def test_aug_opt_must_be_key_value(cli, tmp_path):

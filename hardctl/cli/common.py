@@ -150,8 +150,9 @@ def default_out(command: str, model: str) -> Path:
     return Path("runs") / f"{command}-{short}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start_run(ctx: typer.Context, cfg: RunConfig) -> dict[str, Any]:
-    """Resolve ``--resume``/``--out``, run the trainer and print its summary."""
+def start_run(ctx: typer.Context, cfg: RunConfig, *, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve ``--resume``/``--out``, run the trainer and print its summary (next to ``baseline``'s student,
+    a plain-KD run's summary, when given)."""
     from hardctl.distill.progress import reporter_for
     from hardctl.distill.run import run
 
@@ -173,6 +174,8 @@ def start_run(ctx: typer.Context, cfg: RunConfig) -> dict[str, Any]:
         cfg, out = dataclasses.replace(saved, **watched), resume
     out = out or default_out(cfg.command, cfg.model)
     summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every))
+    if baseline is not None:
+        summary = {**summary, "kd_baseline": {"run_dir": baseline["run_dir"], **baseline["student"]}}
     print_summary(summary, ctx.params["json"])
     return summary
 
@@ -187,11 +190,18 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     table.add_column("spec")
     table.add_column("centered acc %", justify="right")
     table.add_column(f"shifted (±{summary.get('shift_px', '?')} px) acc %", justify="right")
-    for role in ("teacher", "student"):
+    kd = summary.get("kd_baseline")
+    for role in ("teacher", "kd_baseline", "student"):
         if role in summary:
             row = summary[role]
-            label = role if summary["command"] == "distill" else "model"
-            table.add_row(label, str(row["spec"]), f"{row['test_acc']:.2f}", f"{row['shifted_acc']:.2f}")
+            label = {"kd_baseline": "plain KD student", "student": "HARD student" if kd else "student"}.get(role, role)
+            label = label if summary["command"] == "distill" else "model"
+            spec = row.get("spec", "") if role != "kd_baseline" else row["run_dir"]
+            table.add_row(label, str(spec), f"{row['test_acc']:.2f}", f"{row['shifted_acc']:.2f}")
+    if kd:
+        student = summary["student"]
+        table.add_row("HARD − KD", "", f"{student['test_acc'] - kd['test_acc']:+.2f}",
+                      f"{student['shifted_acc'] - kd['shifted_acc']:+.2f}")
     console = Console(file=sys.stdout)
     console.print(table)
     console.print(f"run directory: {summary['run_dir']}  (best val acc {summary['best_val_acc']:.2f}%)")
@@ -207,5 +217,7 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if hard:
         console.print(f"HARD {hard['augmentor']} ({hard['mode']}): {hard['switches']} switches, pool of "
                       f"{hard['pool_size']}, {100 * hard['aug_fraction']:.1f}% of iterations in augmentor phases")
+        if hard.get("warning"):
+            console.print(f"warning: {hard['warning']}")
         for name, path in hard.get("figures", {}).items():
             console.print(f"{name}: {path}")

@@ -89,11 +89,14 @@ def distill(
     """
     cfg = config_from_params("distill", ctx.params, student="model")
     cfg.aug_options = parse_key_values(aug_opt or [], "--aug-opt")
+    baseline = None
     if teacher is None and ctx.params["resume"] is None:
-        from hardctl.quickstart import apply_default_recipe
+        from hardctl.quickstart import apply_default_recipe, plain_kd
 
         cfg = apply_default_recipe(cfg, explicit=explicit_options(ctx))
-    start_run(ctx, cfg)
+        if cfg.augmentor.strip().lower() != "none":  # the main job: HARD against plain KD, like the paper's table 1
+            baseline = plain_kd(cfg)
+    start_run(ctx, cfg, baseline=baseline)
 
 
 def parse_key_values(items: list[str], flag: str) -> dict[str, str]:

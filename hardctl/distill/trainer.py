@@ -421,6 +421,12 @@ class Trainer:
                                "pool_dir": str(self.run_dir / POOL_DIR)}
             self.log(f"HARD: {stats['switches']} switches, pool of {stats['pool_size']}, "
                      f"{100 * stats['aug_fraction']:.1f}% of iterations in augmentor phases")
+            if not self.hard.joint and stats["switches"] == 0:  # the run was plain KD on the identity augmentor
+                summary["hard"]["warning"] = (
+                    f"HARD made no switch: the student's error on augmented data never stayed below l_min "
+                    f"({self.cfg.l_min}) for {self.cfg.switch_patience} iterations, so the augmentor never trained "
+                    f"(train longer with --epochs, or raise --l-min)")
+                self.log(summary["hard"]["warning"])
         self.log(f"done: test acc {summary['student']['test_acc']:.2f}%, shifted {summary['student']['shifted_acc']:.2f}%")
         return summary
 
