@@ -182,12 +182,14 @@ def locked_folder(folder: str | os.PathLike[str], what: str = "--out") -> Iterat
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create {what} {folder}: {exc.strerror or exc}", hint="pick a writable folder") from None
+        raise UsageError(f"cannot create {what} {folder}: {exc.strerror or exc}",
+                         hint="pick a writable folder") from None
     try:
         try:
             lock.acquire()
         except OSError as exc:
-            raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}", hint=f"pick a writable {what}") from None
+            raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}",
+                             hint=f"pick a writable {what}") from None
         yield folder
     except BaseException:
         left = [p.name for p in folder.iterdir()]

@@ -46,20 +46,19 @@ from hardctl.atomic import (atomic_path, atomic_write_bytes, finish_replacing, i
 from hardctl.dirlock import DirLock, locked_folder
 from hardctl.errors import CheckpointError, UsageError
 from hardctl.runfiles import (BEST_CHECKPOINT, BEST_MODEL_FILE, CHECKPOINT_DIR, COMMIT_JOURNAL, CONFIG_FILE,
-                              EPOCHS_FILE, EVAL_FILE, FIGURE_FILES, LAST_CHECKPOINT, LAST_MODEL_FILE, LOCK_FILE, LOG_FILE, MODEL_FILE,
-                              POOL_DIR, RUN_MARKER, STEPS_FILE, SUMMARY_FILE)
+                              EPOCHS_FILE, EVAL_FILE, FIGURE_FILES, LAST_CHECKPOINT, LAST_MODEL_FILE, LOCK_FILE,
+                              LOG_FILE, MODEL_FILE, POOL_DIR, RUN_MARKER, STEPS_FILE, SUMMARY_FILE)
 
-__all__ = ["BEST_CHECKPOINT", "BEST_MODEL_FILE", "CHECKPOINT_DIR", "CHECKPOINT_FILES", "CONFIG_FILE", "EPOCHS_FILE", "LAST_CHECKPOINT",
-           "LAST_MODEL_FILE", "LOG_FILE", "MODEL_FILE", "RUN_MARKER", "STEPS_FILE", "SUMMARY_FILE", "JsonlLog",
-           "RunLog", "checkpoint_together", "foreign_entries", "is_run_dir", "load_checkpoint", "one_checkpoint",
-           "open_run_dir", "prepare_run_dir", "read_jsonl", "remove_stale_temps", "rng_state", "save_checkpoint",
-           "set_rng_state"]
+__all__ = ["BEST_CHECKPOINT", "BEST_MODEL_FILE", "CHECKPOINT_DIR", "CHECKPOINT_FILES", "CONFIG_FILE", "EPOCHS_FILE",
+           "LAST_CHECKPOINT", "LAST_MODEL_FILE", "LOG_FILE", "MODEL_FILE", "RUN_MARKER", "STEPS_FILE", "SUMMARY_FILE",
+           "JsonlLog", "RunLog", "checkpoint_together", "foreign_entries", "is_run_dir", "load_checkpoint",
+           "one_checkpoint", "open_run_dir", "prepare_run_dir", "read_jsonl", "remove_stale_temps", "rng_state",
+           "save_checkpoint", "set_rng_state"]
 
 
 # What --force may delete: hardctl's own names (and temporary files of its atomic writes) and nothing else.
 _OWN_FILES = frozenset({CONFIG_FILE, STEPS_FILE, EPOCHS_FILE, MODEL_FILE, LAST_MODEL_FILE, BEST_MODEL_FILE,
-                        SUMMARY_FILE, LOG_FILE,
-                        EVAL_FILE, *FIGURE_FILES, RUN_MARKER, LOCK_FILE, COMMIT_JOURNAL})
+                        SUMMARY_FILE, LOG_FILE, EVAL_FILE, *FIGURE_FILES, RUN_MARKER, LOCK_FILE, COMMIT_JOURNAL})
 _OWN_FOLDERS = {CHECKPOINT_DIR: re.compile(r"^(last|best)\.pt$"), POOL_DIR: re.compile(r"^pool-\d+\.safetensors$")}
 _BOOKKEEPING = frozenset({RUN_MARKER, LOCK_FILE})  # a folder holding only these is as good as empty
 _WRITE_PROBE = ".hardctl-write-test-"
