@@ -132,3 +132,14 @@ def test_a_foreign_file_that_is_no_weights_file_gets_a_clear_line(cli, tmp_path)
     text.write_text("hello")
     one_line_error(cli("eval", "--model", f"mnist_cnn:{text}", "--data", "digits"), 1,
                    "is neither a torch.save file")
+
+
+def test_results_piped_to_a_file_are_complete_whatever_the_width(cli, tmp_path, digits_teacher):
+    """Piped stdout has no width: the summary's table cells and lines are never cut or wrapped (at 80 columns the
+    teacher path became 'tea…')."""
+    out = tmp_path / ("a-long-folder-name-" * 4) / "run"
+    result = cli("distill", "--teacher", digits_teacher, "--student", "mlp", "--data", "digits", "--epochs", 1,
+                 "--augmentor", "none", "--out", out)
+    assert result.code == 0, result.err
+    assert str(digits_teacher) in result.out and "…" not in result.out
+    assert any(line.startswith("run directory: ") and str(out) in line for line in result.out.splitlines())

@@ -180,6 +180,12 @@ def start_run(ctx: typer.Context, cfg: RunConfig, *, baseline: dict[str, Any] | 
     return summary
 
 
+def results_console() -> Console:
+    """A console for results on stdout: the terminal's width on a terminal; piped or redirected, wide enough
+    that no table cell or line is cut or wrapped (a file or a pipe has no width to fit)."""
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 10_000, soft_wrap=not sys.stdout.isatty())
+
+
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     """The result of a run on stdout: JSON, or a small table."""
     if as_json:
@@ -202,7 +208,7 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
         student = summary["student"]
         table.add_row("HARD − KD", "", f"{student['test_acc'] - kd['test_acc']:+.2f}",
                       f"{student['shifted_acc'] - kd['shifted_acc']:+.2f}")
-    console = Console(file=sys.stdout)
+    console = results_console()
     console.print(table)
     console.print(f"run directory: {summary['run_dir']}  (best val acc {summary['best_val_acc']:.2f}%)")
     other = {"last": "best", "best": "last"}.get(summary.get("select", ""))

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from hardctl import plugins
@@ -22,6 +21,7 @@ from hardctl.cli.common import (
     DATA,
     MODEL,
     OUTPUT,
+    results_console,
     RUN,
     Amp,
     Data,
@@ -68,7 +68,7 @@ def _list_suites(as_json: bool) -> None:
         reads = ", ".join(s["name"] for s in item["sets"]) or "--data SPEC"
         table.add_row(item["name"], item["plugin"], reads, item["help"])
     # a pipe or file gets the table unwrapped up to 160 columns (Rich assumes 80 off a terminal)
-    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
+    results_console().print(table)
 
 
 @app.command("eval", epilog="Examples:  hardctl eval --model runs/kd --data digits --shifted\n\n"
@@ -142,7 +142,7 @@ def eval_command(
         if m.teacher and m.spec not in paired:
             notes.append(f"{m.label} was distilled from {m.teacher}; add --model {m.teacher} for the gap column")
     # a pipe or file gets the table unwrapped up to 160 columns (Rich assumes 80 off a terminal)
-    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
+    results_console().print(table)
     for note in notes:  # plain lines: paths must not be wrapped or marked up
         print(note)
     if out_path is not None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json as jsonlib
-import sys
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from hardctl import plugins as plugin_registry
 from hardctl.cli.root import app
-from hardctl.cli.common import Json
+from hardctl.cli.common import Json, results_console
 
 
 def augmentor_report() -> list[dict]:
@@ -49,7 +47,7 @@ def plugins_command(
             options = "\n".join(f"{o['name']}={o['default']!r}: {o['help']}" for o in row["options"]) or "-"
             hard = ", ".join(f"{k} {v}" for k, v in row["hard_defaults"].items())
             table.add_row(row["name"], row["plugin"], row["mode"], options, hard)
-        Console(file=sys.stdout).print(table)
+        results_console().print(table)
         return
     infos = plugin_registry.manager.plugin_infos()
     if json:
@@ -62,4 +60,4 @@ def plugins_command(
         registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items())
         status = info.status if not info.error else f"{info.status}: {info.error}"
         table.add_row(info.name, info.distribution or "-", info.version or "-", status, registered or "-")
-    Console(file=sys.stdout).print(table)
+    results_console().print(table)

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from hardctl.cli.root import app
-from hardctl.cli.common import OUTPUT, Json
+from hardctl.cli.common import OUTPUT, Json, results_console
 from hardctl.errors import UsageError
 
 recipes_app = typer.Typer(
@@ -94,7 +93,7 @@ def _list(as_json: bool) -> None:
         table.add_row(row["name"], row["kind"] or "-", ", ".join(row["arms"]) or "-",
                       " ".join(map(str, row["seeds"])) or "-", description)
     # a pipe or file gets the table unwrapped up to 200 columns (Rich assumes 80 off a terminal)
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+    console = results_console()
     console.print(table)
     console.print("Run one with: hardctl recipes run NAME [--seeds 0 1 2] [--set KEY=VALUE] [--out DIR]",
                   highlight=False, soft_wrap=True)
@@ -167,7 +166,7 @@ def run_command(target: Target, seeds: Seeds = None, arms: Arms = None, set_: Se
     if json:
         print(jsonlib.dumps(results, indent=2, sort_keys=True, default=str))
         return
-    console = Console(file=sys.stdout)
+    console = results_console()
     files = results.get("files") or {}
     markdown_file = files.get("markdown") or files.get("results.md")
     if recipe.kind == "transfer":
