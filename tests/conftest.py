@@ -23,6 +23,18 @@ class Result:
     err: str
 
 
+def one_line_error(result, code: int, *fragments: str) -> str:
+    """The command exited with ``code`` and printed exactly one line on stderr, ``hardctl: error: ...``, with
+    every fragment in it and no traceback; returns that line."""
+    assert result.code == code, (result.code, result.err)
+    assert "Traceback" not in result.err
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hardctl: error: "), result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture
 def cli(capsys):
     """``cli("train", "--model", ...)`` runs ``hardctl`` in this process and returns code/stdout/stderr."""

@@ -32,8 +32,8 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("hardctl: error:")]
 
 
-def one_line_error(result, code: int) -> str:
-    """The run ended with ``code`` and exactly one error line, no traceback; returns that line."""
+def the_error_line(result, code: int) -> str:
+    """The run ended with ``code`` and exactly one error line among its log lines, no traceback; returns it."""
     assert result.code == code, result.err
     assert "Traceback" not in result.err
     lines = error_lines(result.err)
@@ -177,7 +177,7 @@ def test_brightness_starts_at_the_identity_keeps_the_contract_and_is_differentia
 def test_augmentor_breaking_the_contract_is_rejected_at_the_first_step(name, fragments, inprocess_plugins, cli,
                                                                         digits_teacher, tmp_path):
     result = cli("distill", "--teacher", digits_teacher, *QUICK, "--augmentor", name, "--out", tmp_path / "run")
-    line = one_line_error(result, 1)
+    line = the_error_line(result, 1)
     assert all(fragment in line for fragment in fragments), line
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped at the first step, before any epoch ended
 
@@ -185,7 +185,7 @@ def test_augmentor_breaking_the_contract_is_rejected_at_the_first_step(name, fra
 def test_a_broken_part_of_a_composition_is_named(inprocess_plugins, cli, digits_teacher, tmp_path):
     result = cli("distill", "--teacher", digits_teacher, *QUICK, "--augmentor", "brightness+overexpose",
                  "--out", tmp_path / "run")
-    line = one_line_error(result, 1)
+    line = the_error_line(result, 1)
     assert ("augmentor 'brightness' (plugin brightness-inprocess) + augmentor 'overexpose' "
             "(plugin broken-augmentors) returned pixels in") in line
 
@@ -214,7 +214,7 @@ def test_a_broken_part_of_a_composition_is_named(inprocess_plugins, cli, digits_
 def test_bad_augmentor_names_and_options_are_one_line_usage_errors(args, message, inprocess_plugins, cli,
                                                                    digits_teacher, tmp_path):
     result = cli("distill", "--teacher", digits_teacher, *QUICK, *args, "--out", tmp_path / "run")
-    assert message in one_line_error(result, 2)
+    assert message in the_error_line(result, 2)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 

@@ -9,15 +9,7 @@ import torch
 from safetensors import safe_open
 
 from hardctl.models import create_model, load_model, save_model
-
-
-def one_line_error(result, code: int, *fragments: str) -> None:
-    assert result.code == code, (result.code, result.err)
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hardctl: error: "), result.err
-    assert "Traceback" not in result.err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from conftest import one_line_error
 
 
 @pytest.mark.slow

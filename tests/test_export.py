@@ -24,6 +24,7 @@ from hardctl.data import load_data
 from hardctl.data.formats import FASHION_MNIST_CLASSES
 from hardctl.export import DEFAULT_ATOL, read_metadata
 from hardctl.models import InputNormalize, ModelInfo, create_model, load_model, save_model
+from conftest import one_line_error
 
 onnx = pytest.importorskip("onnx")  # the test extra installs them; without, the ONNX tests say why
 ort = pytest.importorskip("onnxruntime")
@@ -223,15 +224,6 @@ def test_paper_models(cli, tmp_path, arch, fmt):
 
 
 # --- bad requests and failed checks ----------------------------------------------------------------
-
-
-def one_line_error(result, code: int, *fragments: str) -> str:
-    assert result.code == code, (result.code, result.err)
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hardctl: error: "), result.err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize(("args", "fragments"), [

@@ -12,17 +12,9 @@ from hardctl.config import RunConfig
 from hardctl.device import select_device
 from hardctl.distill.run import run
 from hardctl.errors import TrainingError, UsageError
+from conftest import one_line_error
 
 TINY = dict(data="digits", model="mnist_mlp", epochs=1, batch_size=256, lr=2e-3)
-
-
-def one_line_error(result, code: int, *fragments: str) -> str:
-    assert result.code == code, (result.code, result.err)
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("hardctl: error: "), result.err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------------ devices
