@@ -150,7 +150,7 @@ def measure(args) -> dict:
                 seconds = run_kind(kind)
                 if round_ >= args.warmup:
                     samples[kind].append(seconds)
-        assert len(hard.pool) == 1, "a pool snapshot was taken inside the benchmark"
+        assert len(hard.hard.pool) == 1, "a pool snapshot was taken inside the benchmark"
         profile = profile_kinds(run_kind, args.profile, device) if args.profile else None
 
     med = {k: statistics.median(v) for k, v in samples.items()}
