@@ -143,104 +143,127 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
 
 def _run_locked(recipe: Recipe, out_dir: Path, *, seeds: list[int], arms: Iterable[str] | None,
                 overrides: dict[str, str], reuse: bool, reporter) -> dict[str, Any]:
-    """:func:`run_recipe` once it holds the lock on ``out_dir``."""
-    from hardctl.recipes import evaluation
-
+    """:func:`run_recipe` once it holds the lock on ``out_dir``: plan, check, then run each planned run."""
     if recipe.kind == "toy":
         return _run_toy(recipe, out_dir, seeds=seeds, overrides=overrides,
                         arms=list(arms) if arms is not None else None, reuse=reuse, progress=reporter)
-
     recipe = apply_overrides(recipe, overrides)
-    arm_ids = _select_arms(recipe, arms, reporter.log)
-    plan = _plan(recipe, arm_ids, seeds, out_dir)
-    specs = [(p.arm.id, "model" if not p.evaluate_only else "teacher", p.cfg.model) for p in plan]
-    specs += [(p.arm.id, "teacher", p.cfg.teacher) for p in plan if p.cfg.command == "distill" and not p.evaluate_only
-              and p.cfg.teacher and not p.arm.refs]
-    evaluation.check_weights(recipe, specs)
-    _check_data(plan, reuse)
-    columns = list(recipe.results.columns or ["centered", "shifted"])
-    shifted = "shifted" in columns
-    eval_spec = recipe.eval or EvalSpec()
-    for p in plan:
-        if p.evaluate_only and not evaluation.suites_for(recipe, eval_arm=True, columns=columns):
-            raise UsageError(f"recipe {recipe.name!r}: arm {p.arm.id!r} only evaluates, but nothing would score it",
-                             hint="give the recipe [eval] suites, or show the centered/shifted columns")
-    if plan:
-        evaluation.preview(recipe, plan[0].cfg, evaluation.suites_for(recipe, eval_arm=False, columns=columns),
-                           reporter.log)
-
-    from hardctl.distill.run import run as train_run
-
+    plan = _plan(recipe, _select_arms(recipe, arms, reporter.log), seeds, out_dir)
+    runs = RecipeRuns(recipe, plan, out_dir, seeds=seeds, overrides=overrides, reuse=reuse, reporter=reporter)
+    runs.check()
     out_dir.mkdir(parents=True, exist_ok=True)
-    statuses: dict[Path, str] = {}
-    done_at: dict[Path, float] = {}  # when each run's summary was written (to never reuse over a newer teacher)
-
-    def score(p: PlannedRun, tag: str, newer_than: float) -> str | None:
-        suites = evaluation.suites_for(recipe, eval_arm=p.evaluate_only, columns=columns)
-        if not suites:
-            return None
-        model = p.cfg.model if p.evaluate_only else str(p.run_dir)
-        started = time.perf_counter()
-        try:
-            _, status = evaluation.evaluate_model(model, p.cfg, suites, eval_spec, p.run_dir,
-                                                  shifted=shifted and p.evaluate_only, reuse=reuse,
-                                                  newer_than=newer_than, log=reporter.log)
-        except HardctlError as exc:
-            raise evaluation.describe_error(exc, p.arm.id if p.seed is None else f"{p.arm.id} seed {p.seed}") from exc
-        if status == "reused":
-            reporter.log(f"{tag}: scored before on {', '.join(suites)}, reusing {p.run_dir / evaluation.EVAL_FILE}")
-        else:
-            reporter.log(f"{tag}: scored on {', '.join(suites)} in {time.perf_counter() - started:.0f}s")
-        return status
-
     for number, p in enumerate(plan, 1):
         if p.evaluate_only:
-            tag = f"[{number}/{len(plan)}] {p.arm.label} ({p.arm.id})"
-            reporter.log(f"{tag}: evaluating {p.cfg.model} (no training)")
-            weights = evaluation.weights_file(p.cfg.model)
-            statuses[p.run_dir] = score(p, tag, weights.stat().st_mtime if weights is not None else 0.0) or "evaluated"
-            write_results(out_dir, collect(recipe, plan, statuses, seeds=seeds, overrides=overrides, out_dir=out_dir),
-                          recipe)
-            continue
-        tag = f"[{number}/{len(plan)}] {p.arm.label} ({p.arm.id}), seed {p.seed}"
+            runs.evaluate_only(p, f"[{number}/{len(plan)}] {p.arm.label} ({p.arm.id})")
+        else:
+            runs.train(p, f"[{number}/{len(plan)}] {p.arm.label} ({p.arm.id}), seed {p.seed}")
+        runs.write()  # the table so far: an interrupted recipe leaves its finished rows behind
+    results = runs.collect()
+    results["files"] = {k: str(v) for k, v in runs.write().items()}
+    return results
+
+
+class RecipeRuns:
+    """The planned runs of one recipe and what happened to each (trained, resumed, reused, evaluated)."""
+
+    def __init__(self, recipe: Recipe, plan: list[PlannedRun], out_dir: Path, *, seeds: list[int],
+                 overrides: dict[str, str], reuse: bool, reporter):
+        self.recipe, self.plan, self.out_dir, self.seeds = recipe, plan, out_dir, seeds
+        self.overrides, self.reuse, self.reporter = overrides, reuse, reporter
+        self.columns = list(recipe.results.columns or ["centered", "shifted"])
+        self.statuses: dict[Path, str] = {}
+        self.done_at: dict[Path, float] = {}  # when each run's summary was written (never reuse over a newer teacher)
+
+    def check(self) -> None:
+        """Everything that can fail on bad input, before the first run: weights, data, what scores eval arms."""
+        from hardctl.recipes import evaluation
+
+        recipe, plan = self.recipe, self.plan
+        specs = [(p.arm.id, "model" if not p.evaluate_only else "teacher", p.cfg.model) for p in plan]
+        specs += [(p.arm.id, "teacher", p.cfg.teacher) for p in plan if p.cfg.command == "distill"
+                  and not p.evaluate_only and p.cfg.teacher and not p.arm.refs]
+        evaluation.check_weights(recipe, specs)
+        _check_data(plan, self.reuse)
+        for p in plan:
+            if p.evaluate_only and not evaluation.suites_for(recipe, eval_arm=True, columns=self.columns):
+                raise UsageError(f"recipe {recipe.name!r}: arm {p.arm.id!r} only evaluates, but nothing would score it",
+                                 hint="give the recipe [eval] suites, or show the centered/shifted columns")
+        if plan:
+            evaluation.preview(recipe, plan[0].cfg, evaluation.suites_for(recipe, eval_arm=False, columns=self.columns),
+                               self.reporter.log)
+
+    def evaluate_only(self, p: PlannedRun, tag: str) -> None:
+        """An arm that scores a fixed model (an external teacher): no training."""
+        from hardctl.recipes import evaluation
+
+        self.reporter.log(f"{tag}: evaluating {p.cfg.model} (no training)")
+        weights = evaluation.weights_file(p.cfg.model)
+        newer_than = weights.stat().st_mtime if weights is not None else 0.0
+        self.statuses[p.run_dir] = self.score(p, tag, newer_than) or "evaluated"
+
+    def train(self, p: PlannedRun, tag: str) -> None:
+        """Reuse a finished run of the same configuration, resume an interrupted one, or train it; then score it."""
+        from hardctl.distill.run import run as train_run
+
         deps = [p.run_dir.parent.parent / ref / f"seed-{p.seed}" for ref in p.arm.refs]
         summary_file = p.run_dir / SUMMARY_FILE
-        matches = reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
-        newest_dep = max((done_at.get(d, 0.0) for d in deps), default=0.0)
+        matches = self.reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
+        newest_dep = max((self.done_at.get(d, 0.0) for d in deps), default=0.0)
         if matches and summary_file.is_file() and summary_file.stat().st_mtime >= newest_dep and read_summary(p.run_dir):
             status = "reused"
-            reporter.log(f"{tag}: finished before, reusing {p.run_dir}")
+            self.reporter.log(f"{tag}: finished before, reusing {p.run_dir}")
         else:
             resume = matches and not summary_file.is_file() and resumable(p.run_dir, p.cfg.epochs)
+            status = "resumed" if resume else "trained"
             if resume:
-                status = "resumed"
-                reporter.log(f"{tag}: resuming the interrupted run in {p.run_dir}")
+                self.reporter.log(f"{tag}: resuming the interrupted run in {p.run_dir}")
             else:
-                status = "trained"
                 why = "" if not p.run_dir.exists() or not any(p.run_dir.iterdir()) else (
-                    " (replacing it: --no-reuse)" if not reuse else
+                    " (replacing it: --no-reuse)" if not self.reuse else
                     " (replacing it: its configuration changed)" if not matches else
                     " (replacing it: its teacher was retrained)" if summary_file.is_file() else
                     " (replacing an unfinished run that cannot be resumed)")
-                reporter.log(f"{tag}: training into {p.run_dir}{why}")
+                self.reporter.log(f"{tag}: training into {p.run_dir}{why}")
             started = time.perf_counter()
             try:
-                train_run(p.cfg, p.run_dir, resume=resume, force=not resume, reporter=reporter)
+                train_run(p.cfg, p.run_dir, resume=resume, force=not resume, reporter=self.reporter)
             except DataError as exc:
                 raise _with_recipe_hint(DataError(f"{p.arm.id} seed {p.seed}: {exc.message}", hint=exc.hint),
                                         p.cfg.data) from exc
             except HardctlError as exc:
                 raise type(exc)(f"{p.arm.id} seed {p.seed}: {exc.message}", hint=exc.hint) from exc
-            reporter.log(f"{tag}: done in {time.perf_counter() - started:.0f}s")
-        statuses[p.run_dir] = status
-        done_at[p.run_dir] = summary_file.stat().st_mtime
-        score(p, tag, done_at[p.run_dir])
-        write_results(out_dir, collect(recipe, plan, statuses, seeds=seeds, overrides=overrides, out_dir=out_dir),
-                      recipe)
-    results = collect(recipe, plan, statuses, seeds=seeds, overrides=overrides, out_dir=out_dir)
-    files = write_results(out_dir, results, recipe)
-    results["files"] = {k: str(v) for k, v in files.items()}
-    return results
+            self.reporter.log(f"{tag}: done in {time.perf_counter() - started:.0f}s")
+        self.statuses[p.run_dir] = status
+        self.done_at[p.run_dir] = summary_file.stat().st_mtime
+        self.score(p, tag, self.done_at[p.run_dir])
+
+    def score(self, p: PlannedRun, tag: str, newer_than: float) -> str | None:
+        """The recipe's [eval] suites on this run's model (reused when scored after ``newer_than``)."""
+        from hardctl.recipes import evaluation
+
+        suites = evaluation.suites_for(self.recipe, eval_arm=p.evaluate_only, columns=self.columns)
+        if not suites:
+            return None
+        model = p.cfg.model if p.evaluate_only else str(p.run_dir)
+        started = time.perf_counter()
+        try:
+            _, status = evaluation.evaluate_model(model, p.cfg, suites, self.recipe.eval or EvalSpec(), p.run_dir,
+                                                  shifted="shifted" in self.columns and p.evaluate_only,
+                                                  reuse=self.reuse, newer_than=newer_than, log=self.reporter.log)
+        except HardctlError as exc:
+            raise evaluation.describe_error(exc, p.arm.id if p.seed is None else f"{p.arm.id} seed {p.seed}") from exc
+        if status == "reused":
+            self.reporter.log(f"{tag}: scored before on {', '.join(suites)}, reusing {p.run_dir / evaluation.EVAL_FILE}")
+        else:
+            self.reporter.log(f"{tag}: scored on {', '.join(suites)} in {time.perf_counter() - started:.0f}s")
+        return status
+
+    def collect(self) -> dict[str, Any]:
+        return collect(self.recipe, self.plan, self.statuses, seeds=self.seeds, overrides=self.overrides,
+                       out_dir=self.out_dir)
+
+    def write(self) -> dict[str, Path]:
+        return write_results(self.out_dir, self.collect(), self.recipe)
 
 
 def list_recipes() -> list[dict[str, Any]]:
