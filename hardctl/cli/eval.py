@@ -96,18 +96,36 @@ def eval_command(
 ) -> None:
     """Score models on evaluation suites: top-1 accuracy (%), mCE and friends, a column per model."""
     from hardctl.eval import report, runner
-    from hardctl.eval.sources import parse_set_options
 
     if list_:
         _list_suites(json)
         return
     if not model:
         raise UsageError("eval needs --model", hint="e.g. hardctl eval --model runs/kd --data digits")
+    suites, spec_suites, set_dirs = _check_request(suite, data_root, set_, explicit_options(ctx))
+    out_path = report.check_out_path(out) if out is not None else None
+    pairs = runner.collect_sets(suites, data_spec=data, data_root=data_root, sets=set_dirs, shift_px=shift_px,
+                                shift_seed=shift_seed, shifted=shifted)
+    runner.require_found(pairs, f"under {data_root}" if data_root is not None else "in the --set folders")
+    models, rows = runner.score_models(model, pairs, device=device, amp=amp, pretrained=pretrained,
+                                       batch_size=batch_size, workers=workers,
+                                       data_specs={name: data for name in spec_suites},
+                                       progress=lambda message: print(f"hardctl: eval: {message}", file=sys.stderr))
+    title = (f"top-1 accuracy (%) on {data}" if suites == ["standard"]
+             else f"top-1 accuracy (%): {', '.join(suites)}")
+    _report(models, rows, title, out_path, as_json=json)
+
+
+def _check_request(suite, data_root, set_, typed: set[str]):
+    """The suites asked for, those that take a --data spec, and the --set folders; a combination of options
+    that cannot apply to those suites is a usage error naming them."""
+    from hardctl.eval import runner
+    from hardctl.eval.sources import parse_set_options
+
     suites = list(dict.fromkeys(suite or ["standard"]))
     entries = [plugins.eval_suites.get(name) for name in suites]  # unknown names: usage error with did-you-mean
     root_suites = [e.name for e in entries if e.sources]
     spec_suites = [e.name for e in entries if not e.sources]
-    typed = explicit_options(ctx)
     if (data_root is not None or set_) and not root_suites:
         raise UsageError(f"--data-root and --set apply to suites that read release folders, not {', '.join(suites)}",
                          hint="use --data SPEC with these suites; hardctl eval --list shows which suite reads what")
@@ -117,23 +135,17 @@ def eval_command(
                          hint="point --data-root or --set NAME=DIR at the release folders")
     if data_root is not None and not data_root.expanduser().is_dir():
         raise UsageError(f"--data-root: no such folder {data_root}", hint="pass the folder holding the extracted archives")
-    known = runner.suite_sources(suites)
-    set_dirs = parse_set_options(set_ or [], known)
-    out_path = report.check_out_path(out) if out is not None else None
+    return suites, spec_suites, parse_set_options(set_ or [], runner.suite_sources(suites))
 
-    pairs = runner.collect_sets(suites, data_spec=data, data_root=data_root, sets=set_dirs, shift_px=shift_px,
-                                shift_seed=shift_seed, shifted=shifted)
-    runner.require_found(pairs, f"under {data_root}" if data_root is not None else "in the --set folders")
-    models, rows = runner.score_models(model, pairs, device=device, amp=amp, pretrained=pretrained,
-                                       batch_size=batch_size, workers=workers,
-                                       data_specs={name: data for name in spec_suites},
-                                       progress=lambda message: print(f"hardctl: eval: {message}", file=sys.stderr))
+
+def _report(models, rows, title: str, out_path, *, as_json: bool) -> None:
+    """The results on stdout (a table and its footnotes, or JSON); the path of --out goes to stderr."""
+    from hardctl.eval import report, runner
+
     labels = {m.spec: m.label for m in models}
-    title = (f"top-1 accuracy (%) on {data}" if suites == ["standard"]
-             else f"top-1 accuracy (%): {', '.join(suites)}")
     if out_path is not None:
         report.write(out_path, rows, title, labels)
-    if json:
+    if as_json:
         sys.stdout.write(report.render_json(rows))
         return
     table, notes = report.rich_table(rows, title, labels)
@@ -141,9 +153,8 @@ def eval_command(
     for m in models:
         if m.teacher and m.spec not in paired:
             notes.append(f"{m.label} was distilled from {m.teacher}; add --model {m.teacher} for the gap column")
-    # a pipe or file gets the table unwrapped up to 160 columns (Rich assumes 80 off a terminal)
     results_console().print(table)
-    for note in notes:  # plain lines: paths must not be wrapped or marked up
+    for note in notes:  # the table's footnotes (skipped or partial sets, preprocessing): plain, never wrapped
         print(note)
     if out_path is not None:
-        print(f"written: {out_path}")
+        print(f"hardctl: written: {out_path}", file=sys.stderr)
