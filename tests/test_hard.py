@@ -306,3 +306,11 @@ def test_aug_opt_must_be_key_value(cli, tmp_path):
     result = cli("distill", "--teacher", tmp_path, "--aug-opt", "sigma_init", "--out", tmp_path / "r")
     assert result.code == 2 and "--aug-opt 'sigma_init' is not KEY=VALUE" in result.err
     assert "Traceback" not in result.err
+
+
+def test_joint_training_keeps_about_ten_snapshots_however_long_it_runs():
+    from hardctl.distill.trainer import joint_snapshot_due
+
+    assert [e for e in range(1, 101) if joint_snapshot_due(e, 100)] == list(range(10, 101, 10))
+    assert [e for e in range(1, 4) if joint_snapshot_due(e, 3)] == [1, 2, 3]  # short runs: every epoch
+    assert [e for e in range(1, 26) if joint_snapshot_due(e, 25)] == [3, 6, 9, 12, 15, 18, 21, 24, 25]

@@ -274,7 +274,7 @@ class Trainer:
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Validation bookkeeping, the plateau schedule, weights and the checkpoint of a finished epoch."""
         if self.hard is not None:
-            if self.hard.joint:  # joint training has no switches: keep one snapshot per epoch for visualize
+            if self.hard.joint and joint_snapshot_due(self.epoch + 1, self.cfg.epochs):  # for visualize
                 self.hard.save("epoch", iteration=self.iteration, step=self.step_count, epoch=self.epoch + 1)
             record.update(self.hard.stats(self.iteration))
         improved = record["val_acc"] > self.best_val
@@ -429,6 +429,16 @@ class Trainer:
                 self.log(summary["hard"]["warning"])
         self.log(f"done: test acc {summary['student']['test_acc']:.2f}%, shifted {summary['student']['shifted_acc']:.2f}%")
         return summary
+
+
+JOINT_SNAPSHOTS = 10  # joint training (HARD-Mix) keeps about this many pool snapshots, evenly spread, and the last
+
+
+def joint_snapshot_due(epoch: int, epochs: int) -> bool:
+    """Whether a jointly trained augmentor is saved after ``epoch`` (1-based) of ``epochs``: it has no switches,
+    so the pool is only for ``visualize``; every epoch would be 100 files for 100 epochs."""
+    every = -(-epochs // JOINT_SNAPSHOTS)
+    return epoch % every == 0 or epoch == epochs
 
 
 class EpochTotals:
