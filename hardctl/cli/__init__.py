@@ -4,8 +4,9 @@
 None of them imports torch at module level, so ``--help`` stays fast (``tests/test_cli_startup.py``).
 
 :func:`main` is the console script. It turns :class:`~hardctl.errors.HardctlError` into one line on
-stderr and its exit code (2 usage, 1 runtime), Typer's own usage errors into exit 2, and anything else
-into a one-line internal error; ``--debug`` (or ``HARDCTL_DEBUG=1``) shows the traceback instead.
+stderr and its exit code (2 usage, 1 runtime), the option parser's errors into the same one line and
+exit 2 (:mod:`hardctl.cli.parse_errors`), Ctrl-C into one line saying how to continue the run and exit
+130, and anything else into a one-line internal error; ``--debug`` (or ``HARDCTL_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import traceback
 import warnings
 
 import typer
+from typer._click import exceptions as click_errors
 
 from hardctl.cli import distill as _distill  # noqa: F401  (importing a command module registers it on app)
 from hardctl.cli import eval as _eval  # noqa: F401
@@ -24,6 +26,8 @@ from hardctl.cli import plugins as _plugins  # noqa: F401
 from hardctl.cli import recipes as _recipes  # noqa: F401
 from hardctl.cli import train as _train  # noqa: F401
 from hardctl.cli import visualize as _visualize  # noqa: F401
+from hardctl.cli.common import interrupted_line
+from hardctl.cli.parse_errors import parser_error
 from hardctl.cli.root import app
 from hardctl.errors import HardctlError
 from hardctl.plugins import PluginWarning
@@ -51,7 +55,16 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=args, prog_name="hardctl", standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code
-    except typer.TyperException as exc:  # click-style usage errors (bad option, missing value): exit 2
+    except click_errors.NoArgsIsHelpError as exc:  # bare ``hardctl`` or a bare group: its help
+        exc.show()
+        code = exc.exit_code
+    except click_errors.UsageError as exc:  # the parser's errors, in hardctl's one-line style: exit 2
+        if debug:
+            traceback.print_exc()
+        error = parser_error(exc, command, args)
+        print(f"hardctl: error: {error.oneline()}", file=sys.stderr)
+        code = error.exit_code
+    except typer.TyperException as exc:
         exc.show()
         code = exc.exit_code
     except typer.Abort:
@@ -62,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         print(f"hardctl: error: {exc.oneline()}", file=sys.stderr)
         code = exc.exit_code
-    except KeyboardInterrupt:
-        print("hardctl: interrupted; a run can be continued with --resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, and how to continue when there is a run to continue
+        print(f"hardctl: {interrupted_line(exc)}", file=sys.stderr)
         code = 130
     except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
         if debug:

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from hardctl.config import RunConfig
 from hardctl.errors import UsageError
+from hardctl.runfiles import LAST_CHECKPOINT
 
 D = RunConfig()  # the defaults
 # The loss hardctl.distill.losses computes, as --temperature's help states it (kept here, not there:
@@ -173,11 +174,34 @@ def start_run(ctx: typer.Context, cfg: RunConfig, *, baseline: dict[str, Any] | 
                    if name in explicit_options(ctx)}
         cfg, out = dataclasses.replace(saved, **watched), resume
     out = out or default_out(cfg.command, cfg.model)
-    summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every))
+    try:
+        summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every))
+    except KeyboardInterrupt as exc:  # main() prints how to continue: it needs the command and the folder
+        raise RunInterrupted(cfg.command, Path(out)) from exc
     if baseline is not None:
         summary = {**summary, "kd_baseline": {"run_dir": baseline["run_dir"], **baseline["student"]}}
     print_summary(summary, ctx.params["json"])
     return summary
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run of ``command`` in ``run_dir``; a KeyboardInterrupt still, so that it ends the
+    process like one."""
+
+    def __init__(self, command: str, run_dir: Path):
+        super().__init__(command, run_dir)
+        self.command, self.run_dir = command, run_dir
+
+
+def interrupted_line(exc: KeyboardInterrupt) -> str:
+    """What Ctrl-C prints: how to continue the run when it has a checkpoint to continue from."""
+    if isinstance(exc, RunInterrupted):
+        if (exc.run_dir / LAST_CHECKPOINT).is_file():
+            return f"interrupted; continue with: hardctl {exc.command} --resume {exc.run_dir}"
+        if exc.run_dir.is_dir():
+            return (f"interrupted before the first checkpoint; start again with: hardctl {exc.command} ... "
+                    f"--out {exc.run_dir} --force")
+    return "interrupted"
 
 
 def results_console() -> Console:
