@@ -17,15 +17,18 @@ LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"  # full training state for --resum
 BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"  # full training state at the best validation accuracy
 SUMMARY_FILE = "summary.json"  # final metrics: its presence marks a finished run
 LOG_FILE = "log.txt"  # the run's log lines
-POOL_DIR = "augmentors"  # HARD's augmentor pool (hardctl.augment.pool spells it too; a test keeps them equal)
+POOL_DIR = "augmentors"  # HARD's augmentor pool (hardctl.augment.pool)
 EVAL_FILE = "eval.json"  # a recipe's scores of the run (hardctl.recipes.evaluation)
-FIGURE_FILES = ("augmentations.png", "phases.png")  # what visualize draws into the run (hardctl.visualize)
+GRID_FILE = "augmentations.png"  # what visualize draws into a HARD run (hardctl.visualize): the augmentation grid,
+PHASES_FILE = "phases.png"  # the phase plot
+CURVES_FILE = "curves.png"  # and the centered/shifted validation curves
+FIGURE_FILES = (GRID_FILE, PHASES_FILE, CURVES_FILE)
 
 # hardctl's bookkeeping (hidden files)
 RUN_MARKER = ".hardctl-run"  # written when hardctl creates a run directory: --force replaces only such folders
 LOCK_FILE = ".hardctl-lock"  # locked by the one process writing the folder (a run; recipes run on its --out)
 COMMIT_JOURNAL = ".hardctl-commit.json"  # the renames of a checkpoint being committed (rundir.one_checkpoint)
 
-__all__ = ["BEST_CHECKPOINT", "BEST_MODEL_FILE", "CHECKPOINT_DIR", "COMMIT_JOURNAL", "CONFIG_FILE", "EPOCHS_FILE", "EVAL_FILE",
-           "FIGURE_FILES", "LAST_CHECKPOINT", "LAST_MODEL_FILE", "LOCK_FILE", "LOG_FILE", "MODEL_FILE", "POOL_DIR",
+__all__ = ["BEST_CHECKPOINT", "BEST_MODEL_FILE", "CHECKPOINT_DIR", "COMMIT_JOURNAL", "CONFIG_FILE", "CURVES_FILE", "EPOCHS_FILE", "EVAL_FILE",
+           "FIGURE_FILES", "GRID_FILE", "LAST_CHECKPOINT", "LAST_MODEL_FILE", "LOCK_FILE", "LOG_FILE", "MODEL_FILE", "PHASES_FILE", "POOL_DIR",
            "RUN_MARKER", "STEPS_FILE", "SUMMARY_FILE"]

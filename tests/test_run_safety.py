@@ -405,15 +405,3 @@ def test_a_hook_calling_sys_exit_costs_one_warning():
         assert "digits" in names
     finally:
         plugins.reload()
-
-
-def test_the_run_dir_names_agree_with_their_modules():
-    from hardctl.augment.pool import POOL_DIR
-    from hardctl.recipes.evaluation import EVAL_FILE
-    from hardctl.visualize.grid import GRID_FILE
-    from hardctl.visualize.phases import PHASES_FILE
-
-    from hardctl import runfiles
-
-    assert (runfiles.POOL_DIR, runfiles.EVAL_FILE) == (POOL_DIR, EVAL_FILE)
-    assert set(runfiles.FIGURE_FILES) == {GRID_FILE, PHASES_FILE}

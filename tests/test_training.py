@@ -37,6 +37,7 @@ def test_run_directory_has_every_artifact(tmp_path):
     assert len(steps) == 3 * 11 and [s["step"] for s in steps] == list(range(1, 34))  # 1293 images / 128
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert summary["best_val_acc"] == max(e["val_acc"] for e in epochs)
+    assert all(0 <= e["val_shifted_acc"] <= 100 for e in epochs)  # logged next to the centered one, never selected on
     with safe_open(run_dir / "model.safetensors", "pt") as fh:
         meta = fh.metadata()
     assert meta["arch"] == "hard_mnist_mlp" and meta["num_classes"] == "10" and meta["data"] == "digits"

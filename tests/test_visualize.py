@@ -92,10 +92,10 @@ def cells(path: Path) -> tuple[Image.Image, dict, list[list[np.ndarray]]]:
     return image, layout, pictures
 
 
-def test_render_writes_both_pngs_into_the_run(affine_run, rendered):
-    assert set(rendered) == {"grid", "phases"}
+def test_render_writes_its_pngs_into_the_run(affine_run, rendered):
+    assert set(rendered) == {"grid", "phases", "curves"}
     assert rendered["grid"] == affine_run / "augmentations.png"
-    assert rendered["phases"] == affine_run / "phases.png"
+    assert rendered["phases"] == affine_run / "phases.png" and rendered["curves"] == affine_run / "curves.png"
     for path in rendered.values():
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 100 and image.height > 100
@@ -193,6 +193,24 @@ def test_phase_plot_of_a_long_run_labels_a_few_epoch_lines_and_ends_at_the_final
     assert steps[0][-1] == 101  # the pool line ends at the pool the title names, not at the last step's
 
 
+def test_curves_show_centered_and_shifted_validation_and_mark_the_best_epoch(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from hardctl.visualize import plot_curves
+
+    plotted, marks = [], []
+    original_plot, original_vline = Axes.plot, Axes.axvline
+    monkeypatch.setattr(Axes, "plot", lambda ax, x, y, **kw: plotted.append((kw["label"], list(y)))
+                        or original_plot(ax, x, y, **kw))
+    monkeypatch.setattr(Axes, "axvline", lambda ax, x, **kw: marks.append(x) or original_vline(ax, x, **kw))
+    epochs = [{"epoch": 1, "val_acc": 50.0, "val_shifted_acc": 10.0}, {"epoch": 2, "val_acc": 90.0,
+              "val_shifted_acc": 20.0}, {"epoch": 3, "val_acc": 88.0, "val_shifted_acc": 40.0}]
+    path = plot_curves(epochs, tmp_path / "c.png", title="t", select="last")
+    assert dict(plotted) == {"validation, centered": [50.0, 90.0, 88.0],
+                             "validation, shifted like the test set": [10.0, 20.0, 40.0]}
+    assert marks == [2] and path.is_file()
+
+
 def test_cli_composition_to_another_folder_as_json(cli, tmp_path):
     noise = {"parts.1.log_sigma": [math.log(0.3)], "parts.0.mean": [1.0, 0.0, 0.2, 0.0, 1.0, 0.0]}
     run = make_run(tmp_path / "comp", "affine+noise", moves=[noise, noise], phases="alternate")
@@ -200,7 +218,8 @@ def test_cli_composition_to_another_folder_as_json(cli, tmp_path):
     result = cli("visualize", run, "--out", out, "--rows", "2", "--snapshots", "2", "--seed", "3", "--json")
     assert result.code == 0, result.err
     paths = json.loads(result.out)
-    assert paths == {"grid": str(out / "augmentations.png"), "phases": str(out / "phases.png")}
+    assert paths == {"grid": str(out / "augmentations.png"), "phases": str(out / "phases.png"),
+                     "curves": str(out / "curves.png")}
     assert all(Path(p).is_file() for p in paths.values())
     assert not (run / "augmentations.png").exists() and not (run / "phases.png").exists()
     with Image.open(paths["grid"]) as image:

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hardctl.atomic import atomic_path
+from hardctl.runfiles import POOL_DIR
 
 __all__ = ["AugmentorPool", "POOL_DIR", "pool_files", "read_entry"]
 
-POOL_DIR = "augmentors"
 
 
 def pool_files(run_dir: Path) -> list[Path]:

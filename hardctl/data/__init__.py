@@ -84,6 +84,7 @@ class DataBundle:
     test: Dataset
     shifted_test: Dataset
     info: dict = field(default_factory=dict)
+    shifted_val: Dataset | None = None  # the validation split shifted like the test set: logged, never selected on
 
     @property
     def num_classes(self) -> int:
@@ -162,6 +163,8 @@ def load_data(spec: str, *, shift_px: int | None = None, shift_seed: int = 0, se
         val=Subset(sets.train_eval if sets.train_eval is not None else sets.train, val_idx),
         test=sets.test,
         shifted_test=ShiftedImages(sets.test, shift_px=shift_px, seed=shift_seed),
+        shifted_val=ShiftedImages(Subset(sets.train_eval if sets.train_eval is not None else sets.train, val_idx),
+                                  shift_px=shift_px, seed=shift_seed + 1),
         info={
             "name": sets.name,
             "source": sets.source,

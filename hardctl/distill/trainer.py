@@ -104,8 +104,12 @@ class Trainer:
                           "lr": self.scheduler.get_last_lr()[0], **record}
                 totals.add(record)
                 self.log_step(record)
-            self.end_epoch(totals.record(epoch + 1, self.step_count, self.scheduler.get_last_lr()[0],
-                                         self.evaluate(self.components.data.val), time.perf_counter() - started))
+            record = totals.record(epoch + 1, self.step_count, self.scheduler.get_last_lr()[0],
+                                   self.evaluate(self.components.data.val), time.perf_counter() - started)
+            if self.components.data.shifted_val is not None and len(self.components.data.shifted_val):
+                # how much invariance the student has so far (HARD's convergence); never used to pick a checkpoint
+                record["val_shifted_acc"] = self.evaluate(self.components.data.shifted_val)["acc"]
+            self.end_epoch(record)
         return self.finish()
 
     def train_batch(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from hardctl.config import RunConfig
 from hardctl.errors import HardctlError, UsageError
 from hardctl.recipes.sections import EvalSpec
 from hardctl.recipes.spec import Recipe
+from hardctl.runfiles import EVAL_FILE
 
-EVAL_FILE = "eval.json"
 STANDARD = "standard"  # the --data suite: "centered" and "shifted", what a training run's summary holds
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".tar", ".bin", ".ckpt")
 

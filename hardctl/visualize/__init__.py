@@ -11,6 +11,7 @@ figure 4 and table 2 (right):
   original column is replaced by one column per source (``source 1`` is the row's image, ``source 2`` …
   its group partners, taken from the same validation batch) and every mix carries a caption with its
   sources' mean weights (``71/29 %``); the snapshot titles add the mean over the rows.
+* ``curves.png`` — centered and shifted validation accuracy per epoch (:mod:`.curves`).
 * ``phases.png`` — the switching statistic (the student's error on augmented data, ``aug_error`` in
   ``steps.jsonl``) over iterations, shaded by phase, with ``l_min`` / ``l_max`` and the pool size.
 
@@ -24,19 +25,22 @@ from pathlib import Path
 import torch
 
 from hardctl.errors import UsageError
-from hardctl.runfiles import STEPS_FILE
+from hardctl.distill.rundir import read_jsonl
+from hardctl.runfiles import EPOCHS_FILE, STEPS_FILE
+from hardctl.visualize.curves import CURVES_FILE, plot_curves
 from hardctl.visualize.grid import (GRID_FILE, GRID_META_KEY, Grid, assemble_grid, augmentation_columns,
                                     choose_snapshots, mix_columns, snapshot_title, weights_caption)
 from hardctl.visualize.phases import PHASES_FILE, PHASE_COLOURS, plot_phases, read_steps, switches_from_epochs
 
-__all__ = ["GRID_FILE", "GRID_META_KEY", "PHASES_FILE", "PHASE_COLOURS", "Grid", "assemble_grid",
-           "augmentation_columns", "choose_snapshots", "mix_columns", "plot_phases", "read_steps", "render",
-           "snapshot_title", "switches_from_epochs", "weights_caption"]
+__all__ = ["CURVES_FILE", "GRID_FILE", "GRID_META_KEY", "PHASES_FILE", "PHASE_COLOURS", "Grid", "assemble_grid",
+           "augmentation_columns", "choose_snapshots", "mix_columns", "plot_curves", "plot_phases", "read_steps",
+           "render", "snapshot_title", "switches_from_epochs", "weights_caption"]
 
 
 def render(run_dir: str | Path, out_dir: str | Path | None = None, *, rows: int = 8, snapshots: int = 6,
            seed: int = 0, data=None) -> dict[str, Path]:
-    """Draw ``augmentations.png`` and ``phases.png`` for a HARD run; returns ``{"grid": …, "phases": …}``.
+    """Draw ``augmentations.png``, ``phases.png`` and ``curves.png`` for a HARD run; returns
+    ``{"grid": …, "phases": …, "curves": …}``.
 
     ``rows`` validation images, ``snapshots`` pool entries (first and last always among them), the random
     draw fixed by ``seed``. Raises :class:`~hardctl.errors.UsageError` for a folder that is not a run
@@ -90,4 +94,6 @@ def render(run_dir: str | Path, out_dir: str | Path | None = None, *, rows: int 
     phases_path = plot_phases(read_steps(run_dir / STEPS_FILE), out / PHASES_FILE, augmentor=cfg.augmentor,
                               l_min=cfg.l_min, l_max=cfg.l_max, switches=switches_from_epochs(run_dir),
                               pool_size=len(files))
-    return {"grid": grid_path, "phases": phases_path}
+    curves_path = plot_curves(read_jsonl(run_dir / EPOCHS_FILE), out / CURVES_FILE,
+                              title=f"HARD {cfg.augmentor} on {cfg.data}", select=cfg.select)
+    return {"grid": grid_path, "phases": phases_path, "curves": curves_path}

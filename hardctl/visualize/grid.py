@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from hardctl.atomic import atomic_path
+from hardctl.runfiles import GRID_FILE
 
 __all__ = ["GRID_FILE", "GRID_META_KEY", "Grid", "assemble_grid", "augmentation_columns", "choose_snapshots",
            "mix_columns", "snapshot_title", "weights_caption"]
 
-GRID_FILE = "augmentations.png"
 GRID_META_KEY = "hardctl_grid"  # PNG text chunk: the layout of the grid (titles, image boxes), as JSON
 MIN_CELL = 96  # small images are upscaled (nearest) until their longer side reaches this many pixels
 PAD = 6  # pixels between cells and around the grid

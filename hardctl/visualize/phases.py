@@ -15,11 +15,10 @@ from typing import Any
 
 from hardctl.atomic import atomic_path
 from hardctl.distill.rundir import read_jsonl
-from hardctl.runfiles import EPOCHS_FILE
+from hardctl.runfiles import EPOCHS_FILE, PHASES_FILE
 
 __all__ = ["PHASES_FILE", "PHASE_COLOURS", "plot_phases", "read_steps", "switches_from_epochs"]
 
-PHASES_FILE = "phases.png"
 PHASE_COLOURS = {"student": "#4c72b0", "augmentor": "#dd8452", "joint": "#55a868"}
 MAX_EPOCH_LINES = 12  # more epochs than this: a boundary line every k epochs
 
