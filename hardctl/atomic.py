@@ -130,6 +130,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     batch = _batch.get()
     try:
         yield tmp
+        _give_plain_mode(tmp)
         if batch is not None and batch.stages(path):
             final = Path(os.path.abspath(path))
             batch.staged[final] = tmp
@@ -141,6 +142,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    """The process's umask. Linux reports it in /proc; elsewhere the only way to read it is to set it
+    and put it back (briefly 0 for other threads, so only as the fallback)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_plain_mode(tmp: Path) -> None:
+    """Give a written temporary file the mode a plain ``open(path, "w")`` would: ``0666 & ~umask``.
+
+    Some writers create files 0600 whatever the umask (safetensors does), and renaming keeps the mode,
+    so without this a shared run directory or an exported model would be unreadable to the group.
+    Best effort: a file system without Unix modes (some network or FUSE mounts) refuses chmod.
+    """
+    if os.name == "nt" or not tmp.is_file():
+        return
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -171,6 +171,102 @@ def _build(arch: str, pretrained: bool, **kwargs: object) -> nn.Module:
     return timm.create_model(arch, pretrained=pretrained, **kwargs)
 
 
+class _WeightsUnavailable(Exception):
+    """Pretrained weights are neither in the local cache nor reachable; ``reason`` says why, in a few words."""
+
+    def __init__(self, reason: str, *, offline: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.offline = offline  # the user set HF_HUB_OFFLINE: the way out starts with unsetting it
+
+
+def _hub_constants():  # huggingface_hub is optional for timm; without it timm downloads by URL only
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    return constants
+
+
+def _weights_host(arch: str) -> tuple[str, int] | None:
+    """The host (and port) timm downloads ``arch``'s weights from: the Hugging Face hub for almost all
+    timm weights, else the cfg's URL; None when it cannot tell (then no reachability check is made)."""
+    from urllib.parse import urlsplit
+
+    hub = _hub_constants()
+    if arch.startswith(TIMM_SOURCE_PREFIXES):  # hf-hub:/hf_hub: names the hub; local-dir: no network
+        url = hub.ENDPOINT if hub is not None and not arch.startswith("local-dir:") else None
+    else:
+        try:
+            cfg = timm.models.get_pretrained_cfg(arch)
+        except Exception:  # an unknown tag: timm itself reports it when building
+            cfg = None
+        if cfg is None:
+            url = None
+        elif cfg.hf_hub_id and hub is not None:  # timm prefers the hub whenever it is installed
+            url = hub.ENDPOINT
+        else:
+            url = cfg.url if isinstance(cfg.url, str) else None
+    parts = urlsplit(url) if url else None
+    if not parts or not parts.hostname:
+        return None
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _reachable(host: tuple[str, int], timeout: float = 3.0) -> str | None:
+    """None if a TCP connection to ``host`` opens within ``timeout`` seconds, else the reason it did not.
+
+    huggingface_hub retries a failed download 5 times with growing pauses (about a minute offline);
+    one quick connection tells "no network" apart before any of that. Behind a proxy a direct
+    connection proves nothing, so the check is skipped there.
+    """
+    import socket
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return None
+    try:
+        socket.create_connection(host, timeout=timeout).close()
+    except OSError as e:  # socket.gaierror (no DNS), timeout, connection refused: all OSErrors
+        return f"{host[0]} is unreachable ({e.strerror or e or type(e).__name__})"
+    return None
+
+
+def _build_pretrained(arch: str, **kwargs: object) -> nn.Module:
+    """:func:`_build` with pretrained weights: from the local Hugging Face cache without any network
+    access if they are there, else downloaded if the hub answers; raises :class:`_WeightsUnavailable`
+    at once when the user set ``HF_HUB_OFFLINE`` or the host does not answer."""
+    hub = _hub_constants()
+    user_offline = bool(hub and hub.is_offline_mode())
+    if hub is not None:
+        # the cache first, with the hub's own offline switch (read at every request): no request is made
+        previous = hub.HF_HUB_OFFLINE
+        hub.HF_HUB_OFFLINE = True
+        try:
+            return _build(arch, True, **kwargs)
+        except (ValueError, AssertionError, TypeError):
+            raise  # a bad spec, not a missing file: create_model reports it
+        except Exception as e:
+            if user_offline:
+                raise _WeightsUnavailable("not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
+                                          offline=True) from e
+        finally:
+            hub.HF_HUB_OFFLINE = previous
+    host = _weights_host(arch)
+    reason = _reachable(host) if host is not None else None
+    if reason is not None:
+        raise _WeightsUnavailable(f"not in the local Hugging Face cache and {reason}")
+    try:
+        return _build(arch, True, **kwargs)
+    except (ValueError, AssertionError, TypeError):
+        raise
+    except Exception as e:
+        # download failures arrive as OSError, HTTP-client, hub and RuntimeError types alike, so no
+        # narrower clause catches them all; the type and first line still show in the message
+        lines = str(e).strip().splitlines()
+        raise _WeightsUnavailable(f"{type(e).__name__}: {lines[0] if lines else 'no details'}") from None
+
+
 def create_model(
     name: str,
     *,
@@ -189,21 +285,19 @@ def create_model(
         )
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, img_size=size)
     try:
-        model = _build(arch, pretrained, **kwargs)
+        model = _build_pretrained(arch, **kwargs) if pretrained else _build(arch, False, **kwargs)
     except (ValueError, AssertionError) as e:
         # constructors validate their arguments this way (e.g. an image too small for the CNN, a size
         # the patch does not tile): a bad spec, not a bug
         raise ModelError(f"cannot build {arch!r} for {in_chans}x{size[0]}x{size[1]} images: {e}") from None
-    except Exception as e:
-        if not pretrained:
-            raise
-        # download failures arrive as OSError, HTTP-client, hub and RuntimeError types alike, so no
-        # narrower clause catches them all; the type and first line still show in the message
-        lines = str(e).strip().splitlines()
+    except _WeightsUnavailable as e:
+        network = ("unset HF_HUB_OFFLINE and run once with network access" if e.offline else
+                   "run once with network access")
+        skip = "" if e.offline else "; HF_HUB_OFFLINE=1 skips the network"
         raise ModelError(
-            f"no pretrained weights for {arch!r} in the local Hugging Face cache and no network "
-            f"({type(e).__name__}: {lines[0] if lines else 'no details'})",
-            hint="drop --pretrained or download the weights once with network access",
+            f"the pretrained weights of {name} could not be downloaded: {e.reason}",
+            hint=f"{network} so they land in the Hugging Face cache, or pass a weights file as {name}:FILE "
+            f"or a .safetensors file{skip}",
         ) from None
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = _adapt_stats(cfg.get("mean") or IMAGENET_DEFAULT_MEAN, in_chans)
