@@ -35,7 +35,7 @@ def default_select(command: str) -> str:
 # RunConfig field -> HardDefaults field, for the HARD settings an augmentor gives defaults for.
 HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patience", "lambda_s": "lambda_s",
                  "lambda_t": "lambda_t", "aug_lr": "lr", "aug_batch_size": "batch_size"}
-DISTILL_ONLY = {"teacher", "augmentor", "aug_options", "switch_on",
+DISTILL_ONLY = {"teacher", "augmentor", "aug_options", "switch_on", "aug_temperature",
                 "max_aug_steps", *HARD_SETTINGS}
 
 
@@ -88,6 +88,7 @@ class RunConfig:
     lambda_t: float | None = None
     aug_lr: float | None = None
     aug_batch_size: int | None = None
+    aug_temperature: float | None = None  # the temperature of the augmentor's objective; None: --temperature
     switch_on: str = "teacher"  # the error of the switching rule: against the teacher's prediction, or labels
     max_aug_steps: int = 500  # an augmentor phase longer than this ends anyway (logged)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -170,6 +171,7 @@ class RunConfig:
             (self.lambda_s is None or self.lambda_s >= 0, "--lambda-s must be >= 0"),
             (self.lambda_t is None or self.lambda_t >= 0, "--lambda-t must be >= 0"),
             (self.aug_lr is None or self.aug_lr > 0, "--aug-lr must be positive"),
+            (self.aug_temperature is None or self.aug_temperature > 0, "--aug-temperature must be positive"),
             (self.aug_batch_size is None or self.aug_batch_size >= 1, "--aug-batch-size must be at least 1"),
         ]
         for ok, message in checks:

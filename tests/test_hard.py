@@ -50,7 +50,7 @@ def test_switching_rule_follows_the_thresholds_for_k_consecutive_iterations():
 
 def _trainer(tmp_path, teacher, **overrides) -> Trainer:
     cfg = resolve_config(RunConfig(command="distill", teacher=str(teacher), **{**SMALL, **overrides}))
-    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "run").mkdir(parents=True, exist_ok=True)
     return Trainer(build(cfg), tmp_path / "run")
 
 
@@ -314,3 +314,21 @@ def test_joint_training_keeps_about_ten_snapshots_however_long_it_runs():
     assert [e for e in range(1, 101) if joint_snapshot_due(e, 100)] == list(range(10, 101, 10))
     assert [e for e in range(1, 4) if joint_snapshot_due(e, 3)] == [1, 2, 3]  # short runs: every epoch
     assert [e for e in range(1, 26) if joint_snapshot_due(e, 25)] == [3, 6, 9, 12, 15, 18, 21, 24, 25]
+
+
+def test_the_augmentors_own_temperature_moves_the_augmentor_and_not_the_student(tmp_path, digits_teacher):
+    """--aug-temperature: HARD-Mix's augmentor ascends L_st at its own T while the student distils at --temperature
+    (a table's arms can share the KD temperature); the student's update does not depend on the augmentor's T."""
+    trainers = {t: _trainer(tmp_path / f"t{t}", digits_teacher, augmentor="mix", aug_temperature=t,
+                            aug_options={"patch_size": 4}) for t in (1.0, 5.0)}
+    images, labels = next(iter(trainers[1.0].loader))
+    for trainer in trainers.values():
+        assert trainer.cfg.temperature == 5.0 and trainer.hard.joint
+        torch.manual_seed(3)  # the same draw of the mixing queries
+        trainer.joint_step(*trainer.prepare_batch(images, labels))
+    one, five = trainers[1.0], trainers[5.0]
+    assert all(torch.equal(a, b) for a, b in zip(one.student.parameters(), five.student.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(one.hard.params, five.hard.params))
+    assert resolve_config(RunConfig(command="distill", teacher="t", augmentor="mix")).aug_temperature == 5.0
+    with pytest.raises(UsageError, match="--aug-temperature must be positive"):
+        RunConfig(command="distill", teacher="t", aug_temperature=0.0).validate()

@@ -12,7 +12,7 @@ keeps of HARD (paper section 4, appendix A):
 * the seeded generator of the augmentor steps' own batches, and the run's HARD statistics.
 
 Augmentors that declare a teacher–teacher term train in phases; the others (HARD-Mix) train *jointly*
-with the student, ascending the student's loss through :class:`GradReverse`.
+with the student, ascending the student's loss from the same forward pass (``Trainer.joint_step``).
 """
 
 from __future__ import annotations
@@ -32,22 +32,9 @@ from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
 from hardctl.errors import TrainingError
 from hardctl.eval.metrics import top1_correct
 
-__all__ = ["Hard", "HardSettings", "GradReverse", "disagreement", "JOINT", "PHASES"]
+__all__ = ["Hard", "HardSettings", "disagreement", "JOINT", "PHASES"]
 
 JOINT, PHASES = "joint", "phases"
-
-
-class GradReverse(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``-scale`` (the augmentor ascends the loss)."""
-
-    @staticmethod
-    def forward(ctx, x, scale: float):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -ctx.scale * grad, None
 
 
 def disagreement(student_logits: torch.Tensor, reference: torch.Tensor) -> float:

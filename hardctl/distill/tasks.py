@@ -85,7 +85,9 @@ class DistillTask(nn.Module):
             teacher_logits = self.teacher_logits(images)
         return {**self.loss(logits, teacher_logits, labels), "logits": logits, "teacher_logits": teacher_logits}
 
-    def invariance(self, teacher_logits: torch.Tensor, clean_images: torch.Tensor) -> torch.Tensor:
+    def invariance(self, teacher_logits: torch.Tensor, clean_images: torch.Tensor, *,
+                   temperature: float | None = None) -> torch.Tensor:
         """HARD's teacher–teacher term ``L_tt = D[f_t(x̃), f_t(x)]``: how far the teacher's view of the
         augmented batch (``teacher_logits``) moved from its view of the clean one (a constant target)."""
-        return kd_divergence(teacher_logits, self.teacher_logits(clean_images), self.temperature)
+        t = self.temperature if temperature is None else temperature
+        return kd_divergence(teacher_logits, self.teacher_logits(clean_images), t)

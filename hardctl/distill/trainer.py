@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from hardctl.augment.pool import POOL_DIR
 from hardctl.distill import rundir
 from hardctl.distill.build import Components
-from hardctl.distill.hard import JOINT, GradReverse, Hard, HardSettings
-from hardctl.distill.losses import hard_objective
+from hardctl.distill.hard import JOINT, Hard, HardSettings
+from hardctl.distill.losses import hard_objective, kd_divergence
 from hardctl.distill.phases import AUGMENTOR, STUDENT
 from hardctl.distill.progress import Reporter
 from hardctl.distill.sampling import DistInfo, EpochSampler
@@ -61,7 +61,7 @@ class Trainer:
         self.loader = DataLoader(components.data.train, batch_size=self.cfg.batch_size, sampler=self.sampler,
                                  drop_last=drop_single,
                                  num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
-        params = [p for p in self.student.parameters() if p.requires_grad]
+        params = self.student_params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.cfg.optimizer, params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         steps_per_epoch = len(self.loader)
         self.total_steps = steps_per_epoch * self.cfg.epochs
@@ -187,9 +187,11 @@ class Trainer:
             hard.check(images, augmented)
             out = self.task(augmented, labels, input_grad=True)  # gradients reach x̃ through both models
             # the invariance term needs the teacher on the clean batch too: skipped when λ_t = 0
-            l_tt = self.task.invariance(out["teacher_logits"], images) if cfg.lambda_t else torch.zeros(())
+            l_st = kd_divergence(out["logits"], out["teacher_logits"], cfg.aug_temperature)  # its own temperature
+            l_tt = (self.task.invariance(out["teacher_logits"], images, temperature=cfg.aug_temperature)
+                    if cfg.lambda_t else torch.zeros(()))
         self.student.train()
-        loss = -hard_objective(out["kd"], l_tt.to(out["kd"].device), lambda_s=cfg.lambda_s, lambda_t=cfg.lambda_t)
+        loss = -hard_objective(l_st, l_tt.to(l_st.device), lambda_s=cfg.lambda_s, lambda_t=cfg.lambda_t)
         self.check_finite(loss, "the augmentor's loss")
         hard.optimizer.zero_grad(set_to_none=True)
         hard.scaler.scale(loss).backward(inputs=hard.params)  # no gradients for student or teacher
@@ -197,31 +199,37 @@ class Trainer:
         hard.scaler.update()
         self.iteration += 1
         return {"iter": self.iteration, "step": self.step_count, "epoch": self.epoch + 1, "phase": AUGMENTOR,
-                "loss": float(loss.detach()), "l_st": float(out["kd"].detach()), "l_tt": float(l_tt.detach()),
+                "loss": float(loss.detach()), "l_st": float(l_st.detach()), "l_tt": float(l_tt.detach()),
                 "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool)}
 
     def joint_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        """Augmentor and student in one step (no teacher–teacher term, HARD-Mix): the student descends
-        ``L_st``, the augmentor ascends ``λ_s·L_st`` through a gradient reversal on ``x̃``."""
-        hard = self.hard
+        """Augmentor and student in one step (no teacher–teacher term, HARD-Mix): the student descends its KD
+        loss, the augmentor ascends ``λ_s·L_st`` at its own temperature (``--aug-temperature``), from one
+        forward pass."""
+        hard, cfg = self.hard, self.cfg
         with autocast_for(self.device, self.amp):
             augmented = hard.augmentor(images)
             hard.check(images, augmented)
-            out = self.task(GradReverse.apply(augmented, float(self.cfg.lambda_s)), labels, input_grad=True)
+            out = self.task(augmented, labels, input_grad=True)
+            l_st = kd_divergence(out["logits"], out["teacher_logits"], cfg.aug_temperature)
         self.check_finite(out["loss"])
-        self.optimise(out["loss"], hard.optimizer)  # one scaler for the one backward pass
-        return {"loss": float(out["loss"].detach()), "l_st": float(out["kd"].detach()),
+        self.optimise(out["loss"], augmentor_loss=-hard_objective(l_st, 0.0, lambda_s=cfg.lambda_s, lambda_t=0.0))
+        return {"loss": float(out["loss"].detach()), "l_st": float(l_st.detach()),
                 "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
                 "train_acc": top1_accuracy(out["logits"], labels), "phase": JOINT}
 
-    def optimise(self, loss: torch.Tensor, *also: torch.optim.Optimizer) -> None:
-        """One (scaled) backward and step of the student's optimiser and schedule, and of ``also``'s optimisers."""
-        optimizers = (self.optimizer, *also)
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        for optimizer in optimizers:
-            self.scaler.step(optimizer)
+    def optimise(self, loss: torch.Tensor, *, augmentor_loss: torch.Tensor | None = None) -> None:
+        """One (scaled) backward and step of the student's optimiser and schedule; with ``augmentor_loss`` (joint
+        training) also of the augmentor's, each loss reaching only its own parameters."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if augmentor_loss is None:
+            self.scaler.scale(loss).backward()
+        else:
+            self.hard.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward(inputs=self.student_params, retain_graph=True)
+            self.scaler.scale(augmentor_loss).backward(inputs=self.hard.params)
+            self.scaler.step(self.hard.optimizer)
+        self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step_count += 1
