@@ -55,3 +55,15 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """The first line of a foreign exception's text, cut at a word boundary with "…" when longer than
+    ``limit`` characters. For the text of a library's exception quoted in a HardctlError message; the
+    message of a HardctlError itself is never cut (its fix is at the end)."""
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    first = lines[0].strip() if lines else ""
+    if len(first) <= limit:
+        return first
+    cut = first[:limit].rsplit(" ", 1)[0] if " " in first[:limit] else first[:limit]
+    return cut.rstrip(" ,;:") + "…"

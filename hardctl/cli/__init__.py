@@ -26,6 +26,7 @@ from hardctl.cli import plugins as _plugins  # noqa: F401
 from hardctl.cli import recipes as _recipes  # noqa: F401
 from hardctl.cli import train as _train  # noqa: F401
 from hardctl.cli import visualize as _visualize  # noqa: F401
+from hardctl.cli import common
 from hardctl.cli.common import interrupted_line
 from hardctl.cli.parse_errors import parser_error
 from hardctl.cli.root import app
@@ -52,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_plugin_warning
     command = typer.main.get_command(app)
     try:
+        common.LAST_INTERRUPT = None
         code = command.main(args=args, prog_name="hardctl", standalone_mode=False)
+        if code == 130:  # Typer turns Ctrl-C into a silent return of 130: say so, and how to continue
+            print(f"hardctl: {interrupted_line(common.LAST_INTERRUPT or KeyboardInterrupt())}", file=sys.stderr)
     except typer.Exit as exc:
         code = exc.exit_code
     except click_errors.NoArgsIsHelpError as exc:  # bare ``hardctl`` or a bare group: its help

@@ -35,7 +35,8 @@ HARD = "HARD (learned augmentations)"
 BASELINE_AUG = "Baseline augmentation"
 
 Data = Annotated[str, typer.Option("--data", "-d", rich_help_panel=DATA, help=(
-    "Data spec: digits | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | imagefolder:DIR."))]
+    "Data spec: digits (16 px) | digits28 (28 px) | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | "
+    "imagefolder:DIR | imagenet:DIR | a plugin's (`hardctl plugins` lists them)."))]
 ShiftPx = Annotated[Optional[int], typer.Option("--shift-px", rich_help_panel=DATA, help=(
     "Shift of the shifted test set in pixels along x and y \\[default: MNIST-C's 3 px per 28 px of image side: "
     "3 on MNIST, 2 on digits]."))]
@@ -177,11 +178,16 @@ def start_run(ctx: typer.Context, cfg: RunConfig, *, baseline: dict[str, Any] | 
     try:
         summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every))
     except KeyboardInterrupt as exc:  # main() prints how to continue: it needs the command and the folder
-        raise RunInterrupted(cfg.command, Path(out)) from exc
+        global LAST_INTERRUPT
+        LAST_INTERRUPT = RunInterrupted(cfg.command, Path(out))  # Typer swallows the exception: main() reads this
+        raise LAST_INTERRUPT from exc
     if baseline is not None:
         summary = {**summary, "kd_baseline": {"run_dir": baseline["run_dir"], **baseline["student"]}}
     print_summary(summary, ctx.params["json"])
     return summary
+
+
+LAST_INTERRUPT: "RunInterrupted | None" = None  # the Ctrl-C of this process's run, if any
 
 
 class RunInterrupted(KeyboardInterrupt):

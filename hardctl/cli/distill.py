@@ -11,25 +11,33 @@ from hardctl.cli.common import (HARD, MODEL, D, CeWeight, KdWeight, LabelSmoothi
                                 config_from_params, explicit_options, start_run, with_run_options)
 from hardctl.values import key_value_pairs
 
-_PAPER = "[default: the augmentor's, from the paper]"
+
+def _from_augmentor(affine: str, mix: str) -> str:
+    """The default of a HARD option: it comes from the augmentor (``HardDefaults`` of each built-in,
+    written out here because reading them would import torch for ``--help``; tests/test_cli_errors.py
+    checks they match)."""
+    return (f"\\[default: the augmentor's: affine and noise {affine}, mix {mix}; "
+            "`hardctl plugins --augmentors` lists every augmentor's]")
+
 Augmentor = Annotated[str, typer.Option("--augmentor", "-a", rich_help_panel=HARD, help=(
-    "Learned augmentor: affine | noise | a plugin's | a composition like vdvae+affine | none (plain KD)."))]
+    "Learned augmentor: affine | noise | mix (HARD-Mix) | a plugin's | several joined with +, "
+    "e.g. noise+affine | none (plain KD). `hardctl plugins --augmentors` lists the installed ones."))]
 AugOpt = Annotated[Optional[list[str]], typer.Option("--aug-opt", rich_help_panel=HARD, metavar="KEY=VALUE", help=(
     "Augmentor option (repeatable), e.g. sigma_init=0.05; PART.KEY in a composition. "
     "`hardctl plugins --augmentors` lists each augmentor's options."))]
 LMin = Annotated[Optional[float], typer.Option("--l-min", rich_help_panel=HARD, help=(
-    f"Switch student -> augmentor when the student's error on augmented data stays below this. {_PAPER}"))]
+    f"Switch student -> augmentor when the student's error on augmented data stays below this. {_from_augmentor('0.05', 'unused')}"))]
 LMax = Annotated[Optional[float], typer.Option("--l-max", rich_help_panel=HARD, help=(
-    f"Switch augmentor -> student when the student's error on augmented data stays above this. {_PAPER}"))]
+    f"Switch augmentor -> student when the student's error on augmented data stays above this. {_from_augmentor('0.40', 'unused')}"))]
 Patience = Annotated[Optional[int], typer.Option("--switch-patience", rich_help_panel=HARD, help=(
-    f"Consecutive iterations past a threshold before switching (k). {_PAPER}"))]
+    f"Consecutive iterations past a threshold before switching (k). {_from_augmentor('5', 'unused')}"))]
 LambdaS = Annotated[Optional[float], typer.Option("--lambda-s", rich_help_panel=HARD, help=(
-    f"Weight of the student–teacher loss the augmentor maximises. {_PAPER}"))]
+    f"Weight of the student–teacher loss the augmentor maximises. {_from_augmentor('1.0', '1.0')}"))]
 LambdaT = Annotated[Optional[float], typer.Option("--lambda-t", rich_help_panel=HARD, help=(
-    f"Weight of the teacher–teacher (invariance) loss the augmentor minimises. {_PAPER}"))]
-AugLr = Annotated[Optional[float], typer.Option("--aug-lr", rich_help_panel=HARD, help=f"Augmentor learning rate (Adam). {_PAPER}")]
+    f"Weight of the teacher–teacher (invariance) loss the augmentor minimises. {_from_augmentor('1.0', '0.0')}"))]
+AugLr = Annotated[Optional[float], typer.Option("--aug-lr", rich_help_panel=HARD, help=f"Augmentor learning rate (Adam). {_from_augmentor('0.05', '0.01')}")]
 AugBatch = Annotated[Optional[int], typer.Option("--aug-batch-size", rich_help_panel=HARD, help=(
-    f"Images per augmentor step. {_PAPER}"))]
+    f"Images per augmentor step. {_from_augmentor('128', 'unused')}"))]
 SwitchOn = Annotated[str, typer.Option("--switch-on", rich_help_panel=HARD, help=(
     "What the switching error is measured against: teacher (its prediction on the augmented image) or labels."))]
 MaxAugSteps = Annotated[int, typer.Option("--max-aug-steps", min=1, rich_help_panel=HARD, help=(

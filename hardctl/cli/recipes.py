@@ -37,7 +37,7 @@ Arms = Annotated[Optional[list[str]], typer.Option("--arms", rich_help_panel=RUN
 Sets = Annotated[Optional[list[str]], typer.Option("--set", rich_help_panel=RUN, show_default=False, help=(
     "KEY=VALUE sets a run setting of every arm, the arms' own values included (e.g. epochs=5, "
     "data=cifar10:DIR, teacher=resnet50:FILE); ARM.KEY=VALUE of one arm (e.g. hard-affine.l_max=0.5); "
-    "eval.data_root=DIR, eval.sets.NAME=DIR, eval.suites=A,B and results.columns=A,B the [eval] and [results] "
+    "eval.data_root=DIR, eval.sets.NAME=DIR, eval.suites=A,B and results.columns=A,B the \\[eval] and \\[results] "
     "sections; 'none' unsets an optional one. Repeatable."))]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", rich_help_panel=OUTPUT, show_default=False, help=(
     "Output folder: OUT/<arm>/seed-<n> per run, plus results.md, results.json and recipe.toml "
