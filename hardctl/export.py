@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import hardctl
 from hardctl.atomic import atomic_path
 from hardctl.config import RunConfig
-from hardctl.errors import CheckpointError, HardctlError, UsageError, did_you_mean
+from hardctl.errors import CheckpointError, HardctlError, UsageError, did_you_mean, shorten
 from hardctl.runfiles import BEST_MODEL_FILE, LAST_MODEL_FILE, MODEL_FILE, SUMMARY_FILE
 
 if TYPE_CHECKING:  # hardctl.models imports torch: only where the work starts
@@ -298,7 +298,7 @@ def _quiet():
 
 def _first_line(e: BaseException) -> str:
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+    return f"{type(e).__name__}: {shorten(lines[0], 300) if lines else ''}"
 
 
 def _example(images: Any, n: int) -> Any:

@@ -135,3 +135,16 @@ def test_results_piped_to_a_file_are_complete_whatever_the_width(cli, tmp_path, 
     assert result.code == 0, result.err
     assert str(digits_teacher) in result.out and "…" not in result.out
     assert any(line.startswith("run directory: ") and str(out) in line for line in result.out.splitlines())
+
+
+def test_aug_temperature_from_the_command_line_lands_in_the_config(cli, tmp_path, digits_teacher):
+    from hardctl.config import RunConfig
+
+    out = tmp_path / "mix"
+    result = cli("distill", "--teacher", digits_teacher, "--student", "mlp", "--data", "digits", "--epochs", 1,
+                 "--augmentor", "mix", "--aug-temperature", "1", "--out", out)
+    assert result.code == 0, result.err
+    cfg = RunConfig.load(out)
+    assert (cfg.temperature, cfg.aug_temperature) == (5.0, 1.0)
+    one_line_error(cli("distill", "--teacher", digits_teacher, "--aug-temperature", "0", "--out", tmp_path / "x"), 2,
+                   "--aug-temperature must be positive")

@@ -40,6 +40,9 @@ AugBatch = Annotated[Optional[int], typer.Option("--aug-batch-size", rich_help_p
     f"Images per augmentor step. {_from_augmentor('128', 'unused')}"))]
 SwitchOn = Annotated[str, typer.Option("--switch-on", rich_help_panel=HARD, help=(
     "What the switching error is measured against: teacher (its prediction on the augmented image) or labels."))]
+AugTemperature = Annotated[Optional[float], typer.Option("--aug-temperature", rich_help_panel=HARD, help=(
+    "Temperature of the augmentor's objective (its KL terms), so the student can distil at --temperature while "
+    "the augmentor uses its own; HARD-Mix learns real mixes at 1. \\[default: --temperature]"))]
 MaxAugSteps = Annotated[int, typer.Option("--max-aug-steps", min=1, rich_help_panel=HARD, help=(
     "An augmentor phase that has not reached l_max after this many steps ends anyway (logged)."))]
 
@@ -72,6 +75,7 @@ def distill(
     lambda_s: LambdaS = None,
     lambda_t: LambdaT = None,
     aug_lr: AugLr = None,
+    aug_temperature: AugTemperature = None,
     aug_batch_size: AugBatch = None,
     switch_on: SwitchOn = D.switch_on,
     max_aug_steps: MaxAugSteps = D.max_aug_steps,

@@ -27,7 +27,7 @@ from torch import nn
 import hardctl
 from hardctl import zoo  # noqa: F401  (registers the hard_* architectures in timm's registry)
 from hardctl.atomic import atomic_path, os_reason
-from hardctl.errors import CheckpointError, ModelError, did_you_mean
+from hardctl.errors import CheckpointError, ModelError, did_you_mean, shorten
 from hardctl.runfiles import MODEL_FILE
 
 __all__ = [
@@ -403,7 +403,7 @@ def load_weights_file(path: Path, source: str) -> tuple[nn.Module, ModelInfo]:
 def state_dict_mismatch(error: RuntimeError) -> str:
     """The gist of ``load_state_dict``'s error: torch lists every key over many lines; keep the first detail."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    return (lines[1] if len(lines) > 1 else (lines[0] if lines else ""))[:300]
+    return shorten(lines[1] if len(lines) > 1 else (lines[0] if lines else ""), 300)
 
 
 class InputNormalize(nn.Module):

@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from hardctl.errors import CheckpointError, ModelError, UsageError
+from hardctl.errors import CheckpointError, ModelError, UsageError, shorten
 from hardctl.models.factory import TIMM_SOURCE_PREFIXES, ModelInfo, create_model, resolve_name, state_dict_mismatch
 
 __all__ = ["load_named_file", "split_named_file"]
@@ -63,7 +63,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # pickle, zip, safetensors and torch errors alike: the file cannot be read safely
         lines = str(e).strip().splitlines()
         raise CheckpointError(
-            f"cannot read weights file {path}: {type(e).__name__}: {lines[0][:200] if lines else 'no details'}",
+            f"cannot read weights file {path}: {type(e).__name__}: {shorten(lines[0]) if lines else 'no details'}",
             hint="save a plain state dict with torch.save(model.state_dict(), FILE) or as .safetensors",
         ) from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

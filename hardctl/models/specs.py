@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from hardctl.errors import ModelError, UsageError
+from hardctl.errors import ModelError, UsageError, shorten
 from hardctl.models.factory import (TIMM_SOURCE_PREFIXES, WEIGHTS_NAME, InputNormalize, ModelInfo, create_model,
                                     load_weights_file, resolve_name)
 from hardctl.models.foreign import load_named_file, split_named_file
@@ -106,7 +106,7 @@ def check_accepts(role: str, spec: str, model: nn.Module, info: ModelInfo, image
         with torch.no_grad():
             model.eval()(InputNormalize(info.mean, info.std).to(images.device)(images))
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:200]
+        first = shorten(str(exc))
         raise UsageError(f"{role} {spec} cannot take {tuple(images.shape[1:])} images from {data!r}: {first}",
                          hint=f"use a {role} built for this input size") from None
     finally:
