@@ -157,3 +157,18 @@ def test_the_written_defaults_match_the_augmentors():
 def test_recipes_run_set_help_keeps_its_section_names():
     text = _help("recipes", "run")
     assert "the [eval] and [results] sections" in text
+
+
+def test_command_help_reflows_at_80_columns_and_keeps_its_brackets():
+    """Docstrings hard-wrapped at 100 columns broke mid-sentence at 80, and Rich took D[s(x̃), t(x̃)] for markup."""
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
+    proc = subprocess.run([sys.executable, "-c", "from hardctl.cli import main; main()", "distill", "--help"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    intro = proc.stdout.split("╭")[0]
+    lines = [line.rstrip() for line in intro.splitlines() if line.strip()]
+    assert "D[s(x̃), t(x̃)]" in " ".join(lines) and "D[t(x̃), t(x)]" in " ".join(lines)
+    assert all(len(line) <= 80 for line in lines)
+    # a paragraph is re-wrapped as a whole: no line is left much shorter than the width before the paragraph ends
+    short = [a for a, b in zip(lines[1:], lines[2:]) if len(a) < 50 and not a.rstrip().endswith(".")]
+    assert not short, short

@@ -29,11 +29,13 @@ from hardctl.cli import visualize as _visualize  # noqa: F401
 from hardctl.cli import common
 from hardctl.cli.common import interrupted_line
 from hardctl.cli.parse_errors import parser_error
-from hardctl.cli.root import app
+from hardctl.cli.root import app, reflow_help
 from hardctl.errors import HardctlError
 from hardctl.plugins import PluginWarning
 
 __all__ = ["app", "main"]
+
+reflow_help(app)  # after every command module registered its command
 
 
 def _show_plugin_warning(message, category, filename, lineno, file=None, line=None):

@@ -56,3 +56,23 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     """Distil image classifiers with learned hard augmentations."""
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Make every command's docstring render well at any terminal width: each paragraph becomes one line (Rich
+    re-wraps it; source lines wrapped at 100 columns broke mid-sentence at 80) and ``[`` is escaped, so
+    ``D[s(x̃), t(x̃)]`` is not taken for Rich markup and dropped."""
+    import inspect
+
+    def reflow(doc: str) -> str:
+        paragraphs = [" ".join(line.strip() for line in block.splitlines())
+                      for block in inspect.cleandoc(doc).split("\n\n")]
+        return "\n\n".join(p.replace("[", "\\[") for p in paragraphs if p)
+
+    for info in typer_app.registered_commands:
+        if info.callback is not None and info.callback.__doc__ and not getattr(info.callback, "_reflowed", False):
+            info.callback.__doc__ = reflow(info.callback.__doc__)
+            info.callback._reflowed = True
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)

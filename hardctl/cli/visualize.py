@@ -23,7 +23,8 @@ def visualize(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random draw every column replays.")] = 0,
     json: Json = False,
 ) -> None:
-    """Draw augmentations.png (images x pool snapshots, early to late) and phases.png (switching statistic)."""
+    """Draw augmentations.png (images x pool snapshots, early to late), phases.png (switching statistic) and
+    curves.png (centered and shifted validation accuracy per epoch)."""
     from hardctl.visualize import render
 
     paths = render(run_dir, out, rows=rows, snapshots=snapshots, seed=seed)
