@@ -101,3 +101,21 @@ class InterruptAt(Reporter):
     def step(self, record):
         if record["step"] == self.at:
             raise KeyboardInterrupt
+
+
+def fake_hub_cache(root: Path, monkeypatch, fill) -> dict:
+    """timm's ``test_resnet.r160_in1k`` weights (``fill(tensor)`` for each float tensor) in a Hugging Face cache
+    under ``root`` laid out as the hub writes it, and that cache made the hub's; returns the weights."""
+    import huggingface_hub.constants as hub_constants
+    import safetensors.torch
+    import timm
+
+    reference = timm.create_model("test_resnet.r160_in1k", pretrained=False)
+    weights = {k: fill(v) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
+    snapshot = root / "models--timm--test_resnet.r160_in1k" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    safetensors.torch.save_file(weights, str(snapshot / "model.safetensors"))
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(root))
+    return weights

@@ -23,7 +23,7 @@ import torch
 from hardctl.config import RunConfig
 from hardctl.errors import ModelError
 from hardctl.models import create_model, save_model
-from conftest import one_line_error
+from conftest import fake_hub_cache, one_line_error
 
 hub_constants = pytest.importorskip("huggingface_hub.constants")
 
@@ -91,17 +91,10 @@ def test_no_network_fails_at_once_and_mentions_hf_hub_offline(no_network, empty_
 
 def test_cached_weights_load_without_touching_the_network(tmp_path, monkeypatch, no_network):
     """Weights in the cache are used even when HF_HUB_OFFLINE is not set and no network is there."""
-    import safetensors.torch
     import timm
 
     reference = timm.create_model("test_resnet.r160_in1k", pretrained=False)
-    weights = {k: torch.full_like(v, 0.125) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
-    snapshot = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "snapshots" / "0123abcd"
-    snapshot.mkdir(parents=True)
-    safetensors.torch.save_file(weights, str(snapshot / "model.safetensors"))
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("0123abcd")
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    weights = fake_hub_cache(tmp_path / "hub", monkeypatch, lambda v: torch.full_like(v, 0.125))
 
     model, _ = create_model("test_resnet.r160_in1k", num_classes=7, in_chans=3, img_size=32, pretrained=True)
     assert no_network == []  # the cache answered; nothing was even checked

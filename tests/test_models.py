@@ -16,6 +16,7 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from conftest import fake_hub_cache
 from hardctl.errors import CheckpointError, ModelError, UsageError
 from hardctl.models import (
     ALIASES,
@@ -269,16 +270,9 @@ def test_input_normalize_matches_hand_computation() -> None:
 def test_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
     """``--pretrained`` offline: timm finds the weights in an HF cache laid out as the hub writes it."""
     import huggingface_hub.constants as hub_constants
-    import safetensors.torch
 
     reference = timm.create_model("test_resnet.r160_in1k", pretrained=False)
-    weights = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
-    snapshot = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k" / "snapshots" / "0123abcd"
-    snapshot.mkdir(parents=True)
-    safetensors.torch.save_file(weights, str(snapshot / "model.safetensors"))
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("0123abcd")
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    weights = fake_hub_cache(tmp_path / "hub", monkeypatch, torch.randn_like)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # never touch the network
 
     model, info = create_model("test_resnet.r160_in1k", num_classes=7, in_chans=3, img_size=32, pretrained=True)
