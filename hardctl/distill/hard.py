@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from hardctl.augment import AugmentorPool, check_output
 from hardctl.augment.pool import POOL_DIR
@@ -114,8 +115,6 @@ class Hard:
 
     def draw_batch(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """An augmentor step's own batch of ``aug_batch_size`` training images (seeded, resumable)."""
-        from torch.utils.data import default_collate
-
         picks = torch.randint(len(dataset), (self.cfg.aug_batch_size,), generator=self.batches)
         return default_collate([dataset[i] for i in picks.tolist()])
 

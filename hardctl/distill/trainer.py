@@ -186,8 +186,8 @@ class Trainer:
             augmented = hard.augmentor(images)
             hard.check(images, augmented)
             out = self.task(augmented, labels, input_grad=True)  # gradients reach x̃ through both models
+            l_st = self.augmentor_kd(out)
             # the invariance term needs the teacher on the clean batch too: skipped when λ_t = 0
-            l_st = kd_divergence(out["logits"], out["teacher_logits"], cfg.aug_temperature)  # its own temperature
             l_tt = (self.task.invariance(out["teacher_logits"], images, temperature=cfg.aug_temperature)
                     if cfg.lambda_t else torch.zeros(()))
         self.student.train()
@@ -211,12 +211,19 @@ class Trainer:
             augmented = hard.augmentor(images)
             hard.check(images, augmented)
             out = self.task(augmented, labels, input_grad=True)
-            l_st = kd_divergence(out["logits"], out["teacher_logits"], cfg.aug_temperature)
+            l_st = self.augmentor_kd(out)
         self.check_finite(out["loss"])
         self.optimise(out["loss"], augmentor_loss=-hard_objective(l_st, 0.0, lambda_s=cfg.lambda_s, lambda_t=0.0))
         return {"loss": float(out["loss"].detach()), "l_st": float(l_st.detach()),
                 "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
                 "train_acc": top1_accuracy(out["logits"], labels), "phase": JOINT}
+
+    def augmentor_kd(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``L_st`` of the augmentor's objective, at ``--aug-temperature``: the task's own KD term when the two
+        temperatures agree (computed once), else the divergence at the augmentor's temperature."""
+        if self.cfg.aug_temperature == self.task.temperature:
+            return out["kd"]
+        return kd_divergence(out["logits"], out["teacher_logits"], self.cfg.aug_temperature)
 
     def optimise(self, loss: torch.Tensor, *, augmentor_loss: torch.Tensor | None = None) -> None:
         """One (scaled) backward and step of the student's optimiser and schedule; with ``augmentor_loss`` (joint
