@@ -45,10 +45,11 @@ class Components:
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
-    """``cfg`` checked against what is installed, with HARD's settings resolved: the baseline augmentation
-    names, and for HARD the augmentor (its options checked, its paper defaults filling the unset thresholds,
-    λ's, learning rate and batch size). What a run directory's ``config.toml`` records."""
+    """``cfg`` checked against this machine and what is installed, with HARD's settings resolved: the device,
+    the baseline augmentation names, and for HARD the augmentor (its options checked, its paper defaults
+    filling the unset thresholds, λ's, learning rate and batch size). What a run's ``config.toml`` records."""
     cfg = cfg.validate()
+    select_device(cfg.device)  # a device this machine lacks (cpu:1, cuda:3) is a usage error now, not after a run
     parse_augment(cfg.augment)  # an unknown part is a usage error naming it
     if cfg.select == "auto":
         cfg = dataclasses.replace(cfg, select=default_select(cfg.command))

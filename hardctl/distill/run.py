@@ -12,7 +12,6 @@ from typing import Any
 
 from hardctl.atomic import atomic_write_json
 from hardctl.config import RunConfig
-from hardctl.device import select_device
 from hardctl.distill import rundir
 from hardctl.distill.build import build, resolve_config
 from hardctl.distill.progress import Reporter
@@ -24,8 +23,7 @@ __all__ = ["run"]
 def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
         reporter: Reporter | None = None) -> dict[str, Any]:
     """Build, train and summarise one run in ``out``; returns the summary."""
-    cfg = resolve_config(cfg)
-    select_device(cfg.device)  # a device this machine lacks is a usage error before --out is touched
+    cfg = resolve_config(cfg)  # bad input (a device this machine lacks too) is refused before --out is touched
     # the directory is this process's until the run ends: a second run on it is refused (exit 2)
     with rundir.open_run_dir(out, resume=resume, force=force) as run_dir:
         trainer = Trainer(build(cfg), run_dir, reporter=reporter)
@@ -42,7 +40,8 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
 
 
 def draw_figures(trainer: Trainer) -> dict[str, str]:
-    """The augmentation grid and the phase plot of a HARD run; a figure never costs the user a finished run."""
+    """The augmentation grid, phase plot and learning curves of a HARD run; a figure never costs the user a
+    finished run."""
     from hardctl.visualize import render  # matplotlib and PIL only when there is something to draw
 
     try:
