@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from hardctl.config import RunConfig
+from hardctl.config import HARD_SETTINGS, RunConfig
 from hardctl.runfiles import SUMMARY_FILE
 
 __all__ = ["DEFAULT_DISTILL", "DEFAULT_TEACHER", "cache_dir", "default_teacher", "apply_default_recipe", "plain_kd"]
@@ -88,8 +88,8 @@ def plain_kd(cfg: RunConfig, say=None) -> dict:
     from hardctl.distill.run import run
 
     say = say or (lambda message: print(message, file=sys.stderr))
-    kd = dataclasses.replace(cfg, augmentor="none", aug_options={}, **{name: None for name in (
-        "l_min", "l_max", "switch_patience", "lambda_s", "lambda_t", "aug_lr", "aug_batch_size")})
+    kd = dataclasses.replace(cfg, augmentor="none", aug_options={}, aug_temperature=None,
+                             **dict.fromkeys(HARD_SETTINGS))
     settings = {k: v for k, v in kd.to_dict().items() if k not in ("device", "workers", "log_every")}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     target = cache_dir() / "kd" / f"{_slug(kd.data)}-{_slug(Path(kd.model).name)}-{key}"

@@ -243,7 +243,7 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     console.print(f"run directory: {summary['run_dir']}  (best val acc {summary['best_val_acc']:.2f}%)")
     other = {"last": "best", "best": "last"}.get(summary.get("select", ""))
     candidate = summary.get("candidates", {}).get(other)
-    if candidate and summary["command"] == "distill" or (candidate and other == "last"):
+    if candidate:
         console.print(f"reported: the {summary['select']} {'student' if summary['command'] == 'distill' else 'model'}"
                       f" (--select); {candidate['file']} (epoch {candidate['epoch']}) scores "
                       f"{candidate['test_acc']:.2f} centered / {candidate['shifted_acc']:.2f} shifted")
