@@ -69,3 +69,20 @@ def test_the_library_never_imports_the_cli():
             "print([m for m in sys.modules if m.startswith('hardctl.cli')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_evaluation_never_moves_the_training_random_stream():
+    """A training run evaluates every epoch (validation, shifted validation): that must not change what the
+    global RNG draws next, or adding a logged metric would change the trained model."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from hardctl.eval import accuracy
+
+    data = TensorDataset(torch.rand(10, 1, 4, 4), torch.arange(10) % 2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    accuracy(model, data, batch_size=4)
+    assert torch.equal(torch.rand(3), expected)

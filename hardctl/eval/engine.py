@@ -50,10 +50,14 @@ class PassStats:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, device: torch.device | str = "cpu") -> DataLoader:
-    """The evaluation DataLoader: in order, pinned memory on CUDA, a few batches prefetched per worker."""
+    """The evaluation DataLoader: in order, pinned memory on CUDA, a few batches prefetched per worker.
+
+    It has its own generator: a DataLoader draws its workers' base seed from the global torch RNG otherwise,
+    so every evaluation inside a training run (validation, shifted validation) would move the training's
+    random stream, and adding a logged metric would change the trained model."""
     device = torch.device(device)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=False,
+                      pin_memory=device.type == "cuda", drop_last=False, generator=torch.Generator().manual_seed(0),
                       prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
 
 
