@@ -146,8 +146,9 @@ VDVAE_PRESETS: dict[str, VDVAEConfig] = {
                         dec_blocks="1x1,4m1,4x1,8m4,8x2,16m8,16x2"),
     # 16×16 grayscale (digits; Fashion-MNIST resized): 16 latent layers arranged like CIFAR's so that the
     # default posterior start 10 is the first full-resolution layer (80 % of the latent dimensions, as
-    # layers 10.. hold 98 % on CIFAR). Width 64 / zdim 8 / 5 mixtures is ~0.5 M parameters, small enough
-    # to train on 2 CPU cores; the [-1, 1] normalisation needs no per-data-set statistics.
+    # layers 10.. hold 98 % on CIFAR). Width 64 / zdim 8 / 5 mixtures is 439,343 parameters, ~0.23 s per
+    # batch-32 step on one CPU core (600 steps on the digits: ELBO 1.84 → 0.70 nats/dim, recon MSE 0.23 →
+    # 0.016); the [-1, 1] normalisation needs no per-data-set statistics. RGB: dataclasses.replace(..., 3).
     "small": VDVAEConfig(image_size=16, image_channels=1, width=64, zdim=8, bottleneck_multiple=0.25,
                          num_mixtures=5, enc_blocks="16x3,16d2,8x3,8d2,4x3,4d4,1x2",
                          dec_blocks="1x1,4m1,4x3,8m4,8x4,16m8,16x5", shift=-127.5, scale=1.0 / 127.5),
