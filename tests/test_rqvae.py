@@ -59,6 +59,16 @@ def test_tiny_reproduces_upstream_outputs():
     _close(y, (t["output.recon_nchw"].clamp(-1, 1) + 1) / 2)
 
 
+def test_quantiser_searches_in_float32_under_autocast():
+    model, t = _tiny_loaded()
+    z_e = t["output.z_e_nhwc"]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, _, codes = model.quantize(z_e.bfloat16())
+    # z_e rounded to bf16 keeps the reference codes when the search runs in float32 (a bf16 search changes
+    # 19 of the 384 here), and the straight-through output comes back in float32
+    assert z_q.dtype == torch.float32 and torch.equal(codes, t["output.codes"])
+
+
 def test_in256_has_exactly_the_official_keys_and_parameter_count():
     manifest = json.loads((FIXTURES / "rqvae-in256-keys.json").read_text())
     with torch.device("meta"):

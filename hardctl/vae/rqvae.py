@@ -264,6 +264,11 @@ class RQBottleneck(nn.Module):
         return x.reshape(b, h * rh, w * rw, self.cfg.embed_dim)
 
     def forward(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # the nearest-code search runs in float32 even under autocast: bf16 distances would pick other codes
+        with torch.autocast(z_e.device.type, enabled=False):
+            return self._quantize(z_e.float())
+
+    def _quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.to_code_shape(z_e)
         sums, codes = [], []
         with torch.no_grad():
