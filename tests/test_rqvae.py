@@ -225,6 +225,13 @@ class Payload:
         return self.call
 
 
+class Toucher:
+    """Creates a file when its state is restored, i.e. when an unrestricted unpickler calls __setstate__."""
+
+    def __setstate__(self, state):
+        Path(state).write_text("x")
+
+
 def _official_file(tmp_path: Path, extra: dict | None = None, with_config: bool = True) -> tuple[Path, RQVAE]:
     model, _ = _tiny_loaded()
     opt = torch.optim.Adam(model.trainable_for_augmentor(), lr=1e-4)
@@ -260,13 +267,12 @@ def test_safe_loader_reads_a_full_training_checkpoint(tmp_path):
     assert torch.equal(load_state_dict_only(plain)["quant_conv.weight"], expected["quant_conv.weight"])
 
 
-@pytest.mark.parametrize("kind", ["os.system", "builtins.exec"])
+@pytest.mark.parametrize("kind", ["os.system", "builtins.exec", "__setstate__"])
 def test_malicious_pickle_runs_nothing(tmp_path, kind):
     marker = tmp_path / "pwned"
-    if kind == "os.system":
-        call = (os.system, (f"touch {marker}",))
-    else:
-        call = (exec, (f"open({str(marker)!r}, 'w').write('x')",))
+    call = {"os.system": (os.system, (f"touch {marker}",)),
+            "builtins.exec": (exec, (f"open({str(marker)!r}, 'w').write('x')",)),
+            "__setstate__": (Toucher, (), str(marker))}[kind]
     path, model = _official_file(tmp_path, extra={"scheduler": Payload(call)})
     state = load_state_dict_only(path)
     assert not marker.exists()
