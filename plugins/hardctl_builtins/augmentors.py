@@ -7,6 +7,8 @@
   toy augmentor, section 3; on images the result is clamped to ``[0, 1]``).
 * ``mix`` — HARD-Mix (paper section 4.1, :mod:`.hardmix`): a learned patch-wise convex combination of each
   image with the next images of its batch, trained jointly with the student.
+* ``vdvae`` / ``rqvae`` — HARD-VAE (paper section 4.1, :mod:`.vaeaug`): a pretrained VAE's reconstruction,
+  with its posterior heads (VDVAE) or all but its codebook plus a latent noise vector (RQ-VAE) fine-tuned.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from hardctl import hookimpl
 from hardctl.augment import Augmentor, HardDefaults, Option
 from hardctl_builtins.hardmix import MixAugmentor
+from hardctl_builtins.vaeaug import RQVAEAugmentor, VDVAEAugmentor
 
 IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -106,3 +109,7 @@ def register_augmentors(register):
     register("noise", NoiseAugmentor, help="learned additive Gaussian noise x + μ + σ·ε (the paper's toy augmentor)")
     register("mix", MixAugmentor, help="HARD-Mix: learned patch-wise mix of each image with the next images of its "
              "batch (joint training)")
+    register("vdvae", VDVAEAugmentor, help="HARD-VAE: a pretrained VDVAE's reconstruction, its posterior heads from "
+             "layer `start` on fine-tuned (--aug-opt weights=VAE_FILE)")
+    register("rqvae", RQVAEAugmentor, help="HARD-VAE (ImageNet): a pretrained RQ-VAE fine-tuned but for its codebook, "
+             "with learned noise on the latent (--aug-opt weights=VAE_FILE)")
