@@ -207,7 +207,7 @@ def test_a_broken_part_of_a_composition_is_named(inprocess_plugins, cli, digits_
      "unknown option 'pivot' for augmentor 'noise'"),
     (("--augmentor", "brightnes"),
      ("unknown augmentor 'brightnes'; did you mean 'brightness'? (installed: affine, brightness, mix, noise, "
-     "overexpose, shrink)")),
+     "overexpose, rqvae, shrink, vdvae)")),
     (("--augmentor", "brightness+afine"), "unknown augmentor 'afine'; did you mean 'affine'?"),
     (("--augmentor", "brightness", "--l-min", "0.5", "--l-max", "0.4"), "--l-min (0.5) must be below --l-max (0.4)"),
 ])
@@ -330,7 +330,7 @@ def test_a_factory_breaking_the_contract_is_refused_when_built(name, message, co
 def test_every_builtin_option_matches_its_constructor_keyword():
     plugins.reload()
     specs = [AugmentorSpec.from_entry(e) for e in plugins.augmentors]
-    assert {s.name for s in specs} == {"affine", "mix", "noise"}
+    assert {s.name for s in specs} == {"affine", "mix", "noise", "vdvae", "rqvae"}
     for spec in specs:
         check_options(spec)  # raises on a disagreement
         keywords = inspect.signature(spec.factory).parameters
