@@ -24,7 +24,9 @@ entry must replay exactly), no gradient checkpointing, and the RQ-VAE quantiser 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +41,16 @@ __all__ = ["VAE_HARD_DEFAULTS", "VDVAEAugmentor", "RQVAEAugmentor"]
 VAE_HARD_DEFAULTS = HardDefaults(l_min=0.10, l_max=0.60, patience=5, lambda_s=1.0, lambda_t=1.0, lr=1e-4,
                                  batch_size=160)
 SEED_RANGE = 2 ** 62  # the per-batch ε seed is drawn below this (an int64 the generator accepts)
+
+
+@dataclass(frozen=True)
+class PathOption(Option):
+    """A file option recorded as an absolute path: the run's ``config.toml`` keeps what the option resolved
+    to, and ``hardctl visualize`` or ``--resume`` rebuild the augmentor from it, maybe from another folder."""
+
+    def parse(self, raw: Any, owner: str) -> Any:
+        value = super().parse(raw, owner)
+        return str(Path(value).expanduser().absolute()) if value else value
 
 
 def _make_hint(arch: str) -> str:
@@ -90,7 +102,7 @@ class VDVAEAugmentor(_VAEAugmentor):
 
     arch = "vdvae"
     options = (
-        Option("weights", str, "", "hardctl VAE file of a VDVAE (hardctl vae train / vae convert); required"),
+        PathOption("weights", str, "", "hardctl VAE file of a VDVAE (hardctl vae train / vae convert); required"),
         Option("start", int, 10, "first decoder layer (0-based) whose posterior head is fine-tuned; earlier "
                "layers keep the pretrained coarse structure (the paper: 10, CIFAR-10's first 16×16 layer)", min=0),
         Option("eps_scale", float, 1.0, "scale of the posterior noise ε in z = qm + σ·ε (1: a posterior sample, "
@@ -141,7 +153,7 @@ class RQVAEAugmentor(_VAEAugmentor):
 
     arch = "rqvae"
     options = (
-        Option("weights", str, "", "hardctl VAE file of an RQ-VAE (hardctl vae train / vae convert); required"),
+        PathOption("weights", str, "", "hardctl VAE file of an RQ-VAE (hardctl vae train / vae convert); required"),
         Option("noise_site", str, "pre_quant", "where the learned noise joins the latent: pre_quant (before the "
                "quantiser: the decoder sees only codebook sums, so outputs stay realistic) or post_quant (always "
                "effective, but off the codebook)",
