@@ -25,6 +25,7 @@ from hardctl.cli import export as _export  # noqa: F401
 from hardctl.cli import plugins as _plugins  # noqa: F401
 from hardctl.cli import recipes as _recipes  # noqa: F401
 from hardctl.cli import train as _train  # noqa: F401
+from hardctl.cli import vae as _vae  # noqa: F401
 from hardctl.cli import visualize as _visualize  # noqa: F401
 from hardctl.cli import common
 from hardctl.cli.common import interrupted_line

@@ -6,7 +6,8 @@ config dict (as recorded in a hardctl VAE file) or a config object into a model.
 
 ``small`` is a family, not one configuration: the data decide. :func:`resolve_config` picks the size
 variant for the data's image side (``small-16``: the 16×16 digits; ``small-28``: Fashion-MNIST, MNIST,
-digits28) and sets the channels to the data's (1 or 3). VDVAE's ``small-28`` runs its latents at
+digits28) and sets the channels to the data's (1 or 3); ``tiny`` (tests) and the explicit ``small-16`` /
+``small-28`` take the data's channels too. VDVAE's ``small-28`` runs its latents at
 28/14/7/1; RQ-VAE's keeps one 2× downsampling, a 14×14 latent (8×8 on 16 px).
 """
 
@@ -73,6 +74,7 @@ ARCHS: dict[str, Arch] = {
                   "in256"),
 }
 SMALL_SIDES = (16, 28)  # the size variants of ``small``
+ADAPTS_CHANNELS = ("tiny", "small-16", "small-28")  # like ``small``, these take the data's 1 or 3 channels
 
 
 def arch_of(name: str) -> Arch:
@@ -121,6 +123,8 @@ def resolve_config(arch: str, name: str, side: int, channels: int) -> Any:
                              f"px; the data are {channels}×{side}×{side}")
         return _with_channels(arch, a.presets[f"small-{side}"], channels)
     cfg = config_from(arch, name)
+    if name in ADAPTS_CHANNELS and channels in (1, 3):
+        cfg = _with_channels(arch, cfg, channels)
     want_side, want_ch = a.size(cfg)
     if (side, channels) != (want_side, want_ch):
         fits = [n for n, c in a.presets.items() if a.size(c) == (side, channels)]

@@ -29,7 +29,8 @@ from hardctl.errors import UsageError, shorten
 from hardctl.vae.archs import arch_of, config_from
 from hardctl.vae.statecheck import check_state_dict
 
-__all__ = ["FORMAT", "METADATA_KEY", "load_vae", "read_vae_metadata", "save_vae", "vae_metadata"]
+__all__ = ["FORMAT", "METADATA_KEY", "convert_official", "load_official", "load_vae", "read_checkpoint_state",
+           "read_vae_metadata", "save_vae", "sniff_arch", "vae_metadata"]
 
 FORMAT = 1
 METADATA_KEY = "hardctl_vae"
@@ -158,3 +159,140 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.M
             raise UsageError(f"{path} holds non-finite values in {key}; the file is damaged")
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval(), meta
+
+
+# -- official checkpoints -> hardctl VAE files ------------------------------------------------------------
+
+_OTHER = {"vdvae": "an RQ-VAE", "rqvae": "a VDVAE"}
+
+
+def sniff_arch(state: Mapping[str, Any]) -> str | None:
+    """Which architecture a state dict's key names belong to (both keep upstream's names), or None."""
+    keys = list(state)
+    if any(k.startswith(("quantizer.codebooks.", "quant_conv.", "encoder.down.")) for k in keys):
+        return "rqvae"
+    if any(k.startswith(("encoder.enc_blocks.", "decoder.dec_blocks.", "decoder.out_net.")) for k in keys):
+        return "vdvae"
+    return None
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The state dict in an official checkpoint: a plain state dict (VDVAE ``*.th``) or a training
+    checkpoint's ``state_dict`` entry (RQ-VAE ``model.pt``, read without running code from the file).
+    ``module.`` prefixes (DDP) are stripped."""
+    from hardctl.vae.safepickle import load_state_dict_only
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no checkpoint file at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # custom classes (an RQ-VAE model.pt's scheduler), a foreign or damaged file
+        obj = {"state_dict": load_state_dict_only(path, key="state_dict")}
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in obj.items()):
+        raise UsageError(f"{path} holds neither a state dict nor a checkpoint with a 'state_dict' entry")
+    state = {}
+    for key, value in obj.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        state[key] = value
+    return state
+
+
+def load_official(path: str | Path, *, arch: str, config: Any) -> nn.Module:
+    """An official checkpoint loaded strictly into ``arch`` built from ``config`` (a config object), in eval
+    mode. Keys and shapes are checked first (one line naming the first differences); a checkpoint of the
+    other architecture is named as such; tensors must be finite floats."""
+    from hardctl.vae.vdvae import official_state
+
+    path = Path(path)
+    a = arch_of(arch)
+    state = read_checkpoint_state(path)
+    kind = sniff_arch(state)
+    if kind is not None and kind != arch:
+        raise UsageError(f"{path} looks like {_OTHER[arch]} checkpoint; use --arch {kind}")
+    if arch == "vdvae":
+        state = official_state(state, str(path))  # the fork's bias_xs_K names
+    with torch.device("meta"):
+        model = a.model_cls(config)
+    side, channels = a.size(config)
+    check_state_dict(model, state, source=str(path), expected=f"the {arch} configuration given "
+                     f"({channels}×{side}×{side}; pick another with --preset or --config)")
+    for key, value in state.items():
+        if value.is_floating_point():
+            if not torch.isfinite(value).all():
+                raise UsageError(f"{path} holds non-finite values in {key}; the file is damaged")
+            state[key] = value.float()
+    if arch == "rqvae" and config.shared_codebook:  # one codebook stored per depth: they must agree
+        for key in [k for k in state if k.startswith("quantizer.codebooks.") and not k.startswith("quantizer.codebooks.0.")]:
+            first = "quantizer.codebooks.0." + key.split(".", 3)[3]
+            if not torch.equal(state[key], state[first]):
+                raise UsageError(f"{path}: {key} differs from depth 0, but the config says shared_codebook: true")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def convert_official(path: str | Path, out: str | Path, *, arch: str, config_file: str | Path | None = None,
+                     preset: str | None = None, force: bool = False) -> dict[str, Any]:
+    """``hardctl vae convert``: an official checkpoint → a hardctl VAE file at ``out``. The configuration:
+    ``config_file`` (RQ-VAE: upstream's YAML; VDVAE: a YAML/JSON mapping of VDVAEConfig fields), else
+    ``preset``, else (RQ-VAE) ``config.yaml`` beside the file, else the arch's official preset. Nothing is
+    written unless every check passes; an existing ``out`` is replaced only with ``force``."""
+    import hashlib
+
+    a = arch_of(arch)
+    path, out = Path(path), Path(out)
+    if path.is_dir() and arch == "rqvae":
+        path = path / "model.pt"
+    if out.exists() and not force:
+        raise UsageError(f"--out {out} already exists", hint="pass --force to replace it, or pick another --out")
+    if out.exists() and out.is_dir():
+        raise UsageError(f"--out {out} is a folder", hint="name the .safetensors file to write")
+    if config_file is not None and preset is not None:
+        raise UsageError("--config and --preset both name a configuration", hint="pass one of them")
+    if not path.is_file():
+        raise UsageError(f"no checkpoint file at {path}")
+    beside = path.parent / "config.yaml"
+    if config_file is not None:
+        cfg = _config_file(arch, Path(config_file))
+        described = f"config {config_file}"
+    elif preset is not None:
+        cfg, described = config_from(arch, preset), f"preset {preset}"
+    elif arch == "rqvae" and beside.is_file():
+        cfg, described = _config_file(arch, beside), f"config {beside}"
+    else:
+        cfg, described = config_from(arch, a.official_default), f"preset {a.official_default}"
+    model = load_official(path, arch=arch, config=cfg)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    source = f"official {arch} checkpoint {path.name}"
+    extra = {"official_file": path.name, "sha256": digest.hexdigest(), "configuration": described}
+    save_vae(model, out, arch=arch, config=cfg.to_dict(), source=source, extra=extra)
+    side, channels = a.size(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    return {"out": str(out), "arch": arch, "configuration": described, "image_size": side, "channels": channels,
+            "parameters": params, "source": source, "sha256": digest.hexdigest()}
+
+
+def _config_file(arch: str, path: Path) -> Any:
+    """A configuration file: upstream's config.yaml for RQ-VAE; a YAML/JSON mapping for VDVAE."""
+    if arch == "rqvae":
+        from hardctl.vae.rqvae import RQVAEConfig
+
+        return RQVAEConfig.from_yaml(path)
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read VDVAE config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, Mapping):
+        raise UsageError(f"{path} must hold a mapping of VDVAE settings (image_size, width, enc_blocks, ...)")
+    return config_from("vdvae", data)
