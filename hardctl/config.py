@@ -36,7 +36,8 @@ def default_select(command: str) -> str:
 HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patience", "lambda_s": "lambda_s",
                  "lambda_t": "lambda_t", "aug_lr": "lr", "aug_batch_size": "batch_size"}
 DISTILL_ONLY = {"teacher", "augmentor", "aug_options", "switch_on", "aug_temperature",
-                "max_aug_steps", *HARD_SETTINGS}
+                "max_aug_steps", "pool_sampling", "clean_fraction", *HARD_SETTINGS}
+POOL_SAMPLING = ("uniform", "recent")  # --pool-sampling (hardctl.augment.pool.AugmentorPool.sample)
 
 
 @dataclass
@@ -91,6 +92,9 @@ class RunConfig:
     aug_temperature: float | None = None  # the temperature of the augmentor's objective; None: --temperature
     switch_on: str = "teacher"  # the error of the switching rule: against the teacher's prediction, or labels
     max_aug_steps: int = 500  # an augmentor phase longer than this ends anyway (logged)
+    # which pool entry a student step draws: uniform over all (the paper), or recent: half of the draws the newest
+    pool_sampling: str = "uniform"
+    clean_fraction: float = 0.0  # the share of each HARD student batch left unaugmented (0: the paper)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +168,8 @@ class RunConfig:
             (self.switch_on in ("teacher", "labels"), "--switch-on must be teacher or labels"),
             (self.select in SELECT_CHOICES, "--select must be last or best"),
             (self.max_aug_steps >= 1, "--max-aug-steps must be at least 1"),
+            (self.pool_sampling in POOL_SAMPLING, f"--pool-sampling must be one of {', '.join(POOL_SAMPLING)}"),
+            (0 <= self.clean_fraction < 1, "--clean-fraction must be in [0, 1) (the share of a batch left unaugmented)"),
             (self.l_min is None or 0 <= self.l_min <= 1, "--l-min must be an error rate in [0, 1]"),
             (self.l_max is None or 0 <= self.l_max <= 1, "--l-max must be an error rate in [0, 1]"),
             (thresholds is None, thresholds),

@@ -45,6 +45,11 @@ AugTemperature = Annotated[Optional[float], typer.Option("--aug-temperature", ri
     "the augmentor uses its own; HARD-Mix learns real mixes at 1. \\[default: --temperature]"))]
 MaxAugSteps = Annotated[int, typer.Option("--max-aug-steps", min=1, rich_help_panel=HARD, help=(
     "An augmentor phase that has not reached l_max after this many steps ends anyway (logged)."))]
+PoolSampling = Annotated[str, typer.Option("--pool-sampling", rich_help_panel=HARD, help=(
+    "Which pool entry a student step augments with: uniform over all (the paper) or recent (the newest entry half "
+    "of the time, else uniform)."))]
+CleanFraction = Annotated[float, typer.Option("--clean-fraction", rich_help_panel=HARD, help=(
+    "Share of each HARD student batch left unaugmented (0: the paper, every image from the pool entry)."))]
 
 Teacher = Annotated[Optional[str], typer.Option("--teacher", "-t", rich_help_panel=MODEL, help=(
     "The frozen teacher: a run directory, a .safetensors file, a timm name with --pretrained, or NAME:FILE "
@@ -79,6 +84,8 @@ def distill(
     aug_batch_size: AugBatch = None,
     switch_on: SwitchOn = D.switch_on,
     max_aug_steps: MaxAugSteps = D.max_aug_steps,
+    pool_sampling: PoolSampling = D.pool_sampling,
+    clean_fraction: CleanFraction = D.clean_fraction,
     **options,
 ) -> None:
     """Distil a frozen teacher into a student, on augmentations HARD learns to make hard.

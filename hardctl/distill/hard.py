@@ -57,6 +57,8 @@ class HardSettings:
     aug_batch_size: int
     max_aug_steps: int
     switch_on: str = "teacher"  # the switching error against the teacher's prediction on x̃, or the labels
+    pool_sampling: str = "uniform"  # which entry a student step draws (AugmentorPool.sample)
+    clean_fraction: float = 0.0  # the share of a student batch left unaugmented
     seed: int = 0
     aug_options: dict[str, Any] = field(default_factory=dict)
 
@@ -118,12 +120,18 @@ class Hard:
         picks = torch.randint(len(dataset), (self.cfg.aug_batch_size,), generator=self.batches)
         return default_collate([dataset[i] for i in picks.tolist()])
 
+    def draw_entry(self) -> int:
+        """The pool entry a student step augments with (``--pool-sampling``)."""
+        return self.pool.sample(self.cfg.pool_sampling)
+
     def augment(self, entry: int, images: torch.Tensor) -> torch.Tensor:
-        """``images`` as pool entry ``entry`` augments them, without gradients (a student step's input)."""
+        """``images`` as pool entry ``entry`` augments them, without gradients (a student step's input); the
+        first ``clean_fraction`` of the batch stays as it is (the batch order is already random)."""
+        clean = int(round(self.cfg.clean_fraction * images.shape[0]))
         with torch.no_grad():
-            augmented = self.pool.augment(entry, images)
-        self.check(images, augmented)
-        return augmented
+            augmented = self.pool.augment(entry, images[clean:])
+        self.check(images[clean:], augmented)
+        return torch.cat([images[:clean], augmented.to(images.dtype)]) if clean else augmented
 
     def student_stepped(self, error: float, iteration: int) -> bool:
         """Feed a student step's error to the switch; True when the augmentor phase begins."""
@@ -174,7 +182,8 @@ class Hard:
         c = self.cfg
         return (f"HARD: augmentor {c.augmentor} ({self.mode}), l_min {c.l_min}, l_max {c.l_max}, patience "
                 f"{c.switch_patience}, lambda_s {c.lambda_s}, lambda_t {c.lambda_t}, augmentor lr {c.aug_lr}, "
-                f"batch {c.aug_batch_size}, error against {c.switch_on}")
+                f"batch {c.aug_batch_size}, error against {c.switch_on}, pool sampling {c.pool_sampling}"
+                + (f", {c.clean_fraction:.0%} of each student batch clean" if c.clean_fraction else ""))
 
     def state_dict(self) -> dict[str, Any]:
         return {"augmentor": self.augmentor.state_dict(), "aug_optimizer": self.optimizer.state_dict(),

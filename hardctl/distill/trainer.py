@@ -124,7 +124,7 @@ class Trainer:
             with hard.timed(AUGMENTOR):
                 self.augmentor_phase()  # ... which ends by adding the augmentor to the pool
         with hard.timed(STUDENT):  # KD on the batch as a random pool entry augments it
-            record = self.student_step(images, labels, entry=hard.pool.sample())
+            record = self.student_step(images, labels, entry=hard.draw_entry())
         if hard.student_stepped(record["aug_error"], self.iteration):  # below l_min for k iterations
             self.log(f"iteration {self.iteration}: student error {record['aug_error']:.3f} below l_min "
                      f"{self.cfg.l_min} for {self.cfg.switch_patience} iterations -> augmentor phase")
