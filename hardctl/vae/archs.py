@@ -127,7 +127,7 @@ def resolve_config(arch: str, name: str, side: int, channels: int) -> Any:
         cfg = _with_channels(arch, cfg, channels)
     want_side, want_ch = a.size(cfg)
     if (side, channels) != (want_side, want_ch):
-        fits = [n for n, c in a.presets.items() if a.size(c) == (side, channels)]
+        fits = [n for n, c in a.presets.items() if n != "small" and a.size(c) == (side, channels)]
         if side in SMALL_SIDES and channels in (1, 3):
             fits.insert(0, "small")
         what = f"--config {' or '.join(fits)} for {channels}×{side}×{side} images" if fits else \

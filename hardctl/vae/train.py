@@ -109,14 +109,16 @@ class VaeTrainSettings:
         return cls(**{**data, "betas": tuple(data["betas"])})
 
 
-def _open_out(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse what cannot be done with ``out`` (under its lock); with ``force`` delete only our own files."""
+def _open_out(out: Path, *, resume: bool, force: bool, check_only: bool = False) -> None:
+    """Refuse what cannot be done with ``out``; unless ``check_only`` (called again under the folder's
+    lock), prepare it: complete an interrupted commit, or with ``force`` delete only our own files."""
     entries = [p for p in out.iterdir() if p.name not in (LOCK_FILE, RUN_MARKER)] if out.is_dir() else []
     if resume:
-        finish_replacing(out / COMMIT_JOURNAL)  # a kill while an epoch's files were renamed: complete it
+        if not check_only:
+            finish_replacing(out / COMMIT_JOURNAL)  # a kill while an epoch's files were renamed: complete it
         if not (out / SETTINGS_FILE).is_file():
             raise UsageError(f"cannot resume: {out} is not a `hardctl vae train` folder (no {SETTINGS_FILE})")
-        if not (out / CHECKPOINT).is_file():
+        if not (out / CHECKPOINT).is_file() and not (out / COMMIT_JOURNAL).is_file():
             raise UsageError(f"cannot resume: {out} has no {CHECKPOINT} yet", hint="start it again with --force")
         return
     if entries and not force:
@@ -128,8 +130,10 @@ def _open_out(out: Path, *, resume: bool, force: bool) -> None:
             what = foreign[0] if foreign else f"no {SETTINGS_FILE}"
             raise UsageError(f"--force refuses to replace {out}: it is not a `hardctl vae train` folder ({what})",
                              hint="pick another --out")
-        for p in entries:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if check_only:
+        return
+    for p in entries:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
     (out / RUN_MARKER).write_text("made by hardctl: --force may replace this folder\n")
 
 
@@ -220,6 +224,8 @@ def train_vae(settings: VaeTrainSettings, out: str | Path, *, resume: bool = Fal
         raise UsageError(f"--out {out} exists and is not a folder", hint="pick another --out")
     bundle, train_set, cfg = _data(settings)  # bad data or a config that does not fit: before anything is written
     device = select_device(settings.device)
+    if out.exists():
+        _open_out(out, resume=resume, force=force, check_only=True)  # a refusal leaves the folder untouched
     with locked_folder(out):
         _open_out(out, resume=resume, force=force)
         atomic_write_json(out / SETTINGS_FILE, settings.to_json())
