@@ -256,6 +256,53 @@ def test_finished_runs_are_reused(out_copy):
     assert sum("finished before, reusing" in m for m in messages) == 3
 
 
+def test_results_record_the_code_that_made_them(out_copy):
+    from hardctl.codeversion import code_version
+
+    path, out = out_copy
+    results = run_recipe(load_recipe(path), out)
+    assert results["code"] == code_version() and results["code"]["hardctl"] == hardctl.__version__
+    assert all(run["code"]["hardctl"] == hardctl.__version__ for arm in results["arms"] for run in arm["runs"])
+    assert f"Written by hardctl {hardctl.__version__}" in (out / "results.md").read_text()
+
+
+def test_a_run_of_another_hardctl_version_is_not_reused(out_copy):
+    path, out = out_copy
+    summary_file = out / "kd" / "seed-0" / "summary.json"
+    saved = json.loads(summary_file.read_text())
+    summary_file.write_text(json.dumps({**saved, "code": {"hardctl": "0.0.1", "commit": None, "dirty": None}}))
+    messages: list[str] = []
+
+    class Collect(Reporter):
+        def log(self, message):
+            messages.append(message)
+
+    results = run_recipe(load_recipe(path), out, arms=["kd"], progress=Collect())
+    assert [a["runs"][0]["status"] for a in results["arms"]] == ["reused", "trained"]
+    assert any(f"replacing it: hardctl 0.0.1 made it; this is hardctl {hardctl.__version__}" in m for m in messages)
+    assert json.loads(summary_file.read_text())["code"]["hardctl"] == hardctl.__version__
+
+
+def test_a_run_of_another_commit_is_reused_and_said_so(out_copy):
+    path, out = out_copy
+    summary_file = out / "kd" / "seed-0" / "summary.json"
+    saved = json.loads(summary_file.read_text())
+    summary_file.write_text(json.dumps({**saved, "code": {"hardctl": hardctl.__version__, "commit": "f" * 40,
+                                                          "dirty": False}}))
+    messages: list[str] = []
+
+    class Collect(Reporter):
+        def log(self, message):
+            messages.append(message)
+
+    from hardctl.codeversion import code_version
+
+    results = run_recipe(load_recipe(path), out, arms=["kd"], progress=Collect())
+    assert [a["runs"][0]["status"] for a in results["arms"]] == ["reused", "reused"]
+    if code_version()["commit"]:  # a git checkout: the reuse names both commits
+        assert any(f"made by hardctl {hardctl.__version__} at fffffff" in m for m in messages)
+
+
 def test_a_changed_config_is_not_reused_and_its_teacher_is(out_copy):
     path, out = out_copy
     before = mtimes(out)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hardctl.atomic import atomic_write_json
+from hardctl.codeversion import code_version
 from hardctl.config import RunConfig
 from hardctl.distill import rundir
 from hardctl.distill.build import build, resolve_config
@@ -35,6 +36,7 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
         if trainer.dist.is_main:
             if "hard" in summary:
                 summary["hard"]["figures"] = draw_figures(trainer)
+            summary["code"] = code_version()  # which hardctl made it (recipes do not reuse another version's runs)
             atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
     return summary
 

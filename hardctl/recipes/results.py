@@ -12,6 +12,7 @@ import tomli_w
 
 from hardctl import tomlio
 from hardctl.atomic import atomic_path
+from hardctl.codeversion import code_version, describe
 from hardctl.config import RunConfig
 from hardctl.errors import HardctlError
 from hardctl.runfiles import LAST_CHECKPOINT, SUMMARY_FILE
@@ -41,6 +42,26 @@ def saved_config_matches(run_dir: Path, cfg: RunConfig) -> bool:
     except HardctlError:
         return False
     return _comparable(saved.to_dict()) == _comparable(cfg.to_dict())
+
+
+def version_problem(summary: dict[str, Any]) -> str | None:
+    """Why a finished run's result may not stand for this code: another hardctl version made it (or one that did
+    not record its version). None when the versions agree; a different commit of the same version is reused, and
+    said so (:func:`commit_note`)."""
+    made = summary.get("code")
+    if not made:
+        return "an earlier hardctl made it, before runs recorded their version"
+    if made.get("hardctl") != code_version()["hardctl"]:
+        return f"{describe(made)} made it; this is {describe(code_version())}"
+    return None
+
+
+def commit_note(summary: dict[str, Any]) -> str | None:
+    """A line for the log when a reused run was made at another commit of this version, else None."""
+    made, now = summary.get("code") or {}, code_version()
+    if made.get("commit") and now["commit"] and (made["commit"], made.get("dirty")) != (now["commit"], now["dirty"]):
+        return f"made by {describe(made)}; the code is now {describe(now)} (--no-reuse retrains it)"
+    return None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -162,6 +183,7 @@ def collect(recipe: Recipe, plan: list[PlannedRun], statuses: dict[Path, str], *
         "kd_reference": reference, "command": reproduce_command(recipe, seeds, order, overrides, out_dir),
         "complete": seen.finished == len(plan), "columns": columns, "eval": eval_info,
         "runs_finished": seen.finished, "runs_planned": len(plan), "arms": arms_out,
+        "code": code_version(),  # the code that wrote this table; each run's entry says which code trained it
     }
 
 
@@ -236,7 +258,7 @@ def run_entry(p: PlannedRun, status: str, saved: dict | None, seen: Seen) -> dic
     seen.shift_px.add(summary.get("shift_px"))
     model = summary["student"]  # in a train run, "student" is the trained model
     entry = {"seed": p.seed, "run_dir": str(p.run_dir), "status": status,
-             "test_acc": model["test_acc"], "shifted_acc": model["shifted_acc"]}
+             "test_acc": model["test_acc"], "shifted_acc": model["shifted_acc"], "code": summary.get("code")}
     if "teacher" in summary:
         entry["teacher"] = {k: summary["teacher"][k] for k in ("test_acc", "shifted_acc")}
     if isinstance(summary.get("hard"), dict):
@@ -333,6 +355,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["; ".join(facts) + ".", ""]
     if results.get("command"):
         lines += [f"Command: `{results['command']}`", ""]
+    trained_by = sorted({describe(run.get("code")) for arm in results["arms"] for run in arm.get("runs", [])})
+    if results.get("code"):
+        lines += [f"Written by {describe(results['code'])}"
+                  + (f"; runs trained by {', '.join(trained_by)}" if trained_by else "") + ".", ""]
     if not results["complete"]:
         lines += [f"**Incomplete:** {results['runs_finished']} of {results['runs_planned']} runs finished.", ""]
     header, rows = table(results)

@@ -11,8 +11,8 @@ from typing import Any, Iterable
 from hardctl.dirlock import locked_folder
 from hardctl.errors import DataError, HardctlError, UsageError
 from hardctl.runfiles import SUMMARY_FILE
-from hardctl.recipes.results import (PlannedRun, resumable, read_summary, collect, format_delta, format_mean_sem,
-                                     markdown, mean_sem, reproduce_command, saved_config_matches, shift_label,
+from hardctl.recipes.results import (PlannedRun, resumable, read_summary, collect, commit_note, format_delta,
+                                     format_mean_sem, markdown, version_problem, mean_sem, reproduce_command, saved_config_matches, shift_label,
                                      write_results)
 from hardctl.recipes.overrides import apply_overrides, parse_overrides
 from hardctl.recipes.sections import EvalSpec
@@ -93,8 +93,11 @@ def _plan(recipe: Recipe, arm_ids: list[str], seeds: list[int], out_dir: Path) -
 
 
 def _reusable(p: PlannedRun, reuse: bool) -> bool:
-    return (reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
-            and (p.run_dir / SUMMARY_FILE).is_file() and read_summary(p.run_dir) is not None)
+    if not (reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
+            and (p.run_dir / SUMMARY_FILE).is_file()):
+        return False
+    summary = read_summary(p.run_dir)
+    return summary is not None and version_problem(summary) is None
 
 
 def _check_data(plan: list[PlannedRun], reuse: bool) -> None:
@@ -209,9 +212,12 @@ class RecipeRuns:
         summary_file = p.run_dir / SUMMARY_FILE
         matches = self.reuse and p.run_dir.is_dir() and saved_config_matches(p.run_dir, p.cfg)
         newest_dep = max((self.done_at.get(d, 0.0) for d in deps), default=0.0)
-        if matches and summary_file.is_file() and summary_file.stat().st_mtime >= newest_dep and read_summary(p.run_dir):
+        summary = read_summary(p.run_dir) if matches and summary_file.is_file() else None
+        stale = version_problem(summary) if summary else None
+        if summary and not stale and summary_file.stat().st_mtime >= newest_dep:
             status = "reused"
-            self.reporter.log(f"{tag}: finished before, reusing {p.run_dir}")
+            note = commit_note(summary)
+            self.reporter.log(f"{tag}: finished before, reusing {p.run_dir}" + (f" ({note})" if note else ""))
         else:
             resume = matches and not summary_file.is_file() and resumable(p.run_dir, p.cfg.epochs)
             status = "resumed" if resume else "trained"
@@ -221,6 +227,7 @@ class RecipeRuns:
                 why = "" if not p.run_dir.exists() or not any(p.run_dir.iterdir()) else (
                     " (replacing it: --no-reuse)" if not self.reuse else
                     " (replacing it: its configuration changed)" if not matches else
+                    f" (replacing it: {stale})" if stale else
                     " (replacing it: its teacher was retrained)" if summary_file.is_file() else
                     " (replacing an unfinished run that cannot be resumed)")
                 self.reporter.log(f"{tag}: training into {p.run_dir}{why}")
