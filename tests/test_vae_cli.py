@@ -261,6 +261,8 @@ def test_train_refuses_bad_requests_before_writing(cli, tmp_path):
     one_line_error(_train(cli, out, "--epochs", "1"), 2, "already exists and is not empty")
     one_line_error(_train(cli, out, "--epochs", "1", "--force"), 2, "not a `hardctl vae train` folder (mine.txt)")
     one_line_error(cli("vae", "train", "--resume", out), 2, "cannot resume")
+    one_line_error(cli("vae", "train", "--resume", out, "--lr", "1", "--data", "digits28"), 2,
+                   "--resume continues the saved settings; drop --data, --lr")
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 

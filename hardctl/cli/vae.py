@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from hardctl.cli.root import app
-from hardctl.cli.common import Data, Device, Json, LogEvery, results_console
+from hardctl.cli.common import Data, Device, Json, LogEvery, explicit_options, results_console
 from hardctl.errors import UsageError
 
 vae_app = typer.Typer(
@@ -81,6 +81,7 @@ def presets(arch: Annotated[Optional[str], typer.Argument(help="vdvae | rqvae (d
 @vae_app.command(epilog="Examples:  hardctl vae train --arch vdvae --config small --data digits --out runs/vae-digits\n\n"
                  "hardctl vae train --arch rqvae --config small --data fashion-mnist --epochs 10 --out runs/rqvae-fm")
 def train(
+    ctx: typer.Context,
     arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="vdvae | rqvae.")] = None,
     config: Annotated[str, typer.Option("--config", "-c", help=(
         "Configuration name: small (picks small-16 or small-28 by the data's image size, and the data's 1 or 3 "
@@ -110,8 +111,8 @@ def train(
     from hardctl.vae.train import VaeTrainSettings, resume_settings, train_vae
 
     if resume is not None:
-        given = [name for name, value in (("--arch", arch), ("--batch-size", batch_size), ("--lr", lr),
-                                          ("--limit", limit)) if value is not None]
+        given = sorted("--" + name.replace("_", "-") for name in explicit_options(ctx)
+                       - {"resume", "epochs", "device", "log_every", "json", "out", "force"})
         if given:
             raise UsageError(f"--resume continues the saved settings; drop {', '.join(given)}")
         if out is not None and Path(out).resolve() != Path(resume).resolve():
