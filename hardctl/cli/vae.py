@@ -92,8 +92,8 @@ def train(
         "Epochs \\[default: vdvae 30, rqvae 20]. With --resume: a larger number trains on."))] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Batch size \\[default: 32].")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help=(
-        "Learning rate \\[default: vdvae 2e-4 (upstream's, AdamW, 100 warm-up steps); rqvae 1e-3 (Adam); "
-        "official sizes: upstream's]."))] = None,
+        "Learning rate \\[default: 1e-3 (vdvae: AdamW with upstream's 100 warm-up steps; rqvae: Adam); the official "
+        "sizes cifar10 / in256: upstream's 2e-4 / 4e-5]."))] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation, data order and the VAE's noise.")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Train on the first N training images only.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help=(

@@ -12,7 +12,9 @@ Layout of ``OUT/``::
 The VAE trains on the data set's training split minus the validation images every hardctl run holds out
 (so a later selection on validation never sees images the VAE was fitted to). VDVAE follows upstream: AdamW
 (β = 0.9, 0.9; weight decay 0.01), linear warm-up over 100 steps, gradient-norm clipping, and a step is
-skipped when the gradient norm reaches the skip threshold or is not finite. Upstream's 200 / 400 are for the
+skipped when the gradient norm reaches the skip threshold or is not finite. Upstream's learning rate 2e-4 is
+kept for the official sizes; the small configurations default to 1e-3 (on the digits, validation ELBO 0.78
+nats/dim after 3 epochs at 1e-3 against 1.72 after one at 2e-4, no skipped steps either way). Upstream's 200 / 400 are for the
 39 M-parameter CIFAR model; the small configuration's gradient norms on the digits are far smaller (median
 0.2, largest 1.8 over its first 3 epochs), so below the official sizes the defaults are 10 / 50: clipping
 and skipping touch only spikes, as upstream's do. RQ-VAE: Adam,
@@ -56,9 +58,9 @@ GRID_IMAGES = 8
 
 # Per-arch defaults (see the module docstring). ``big`` applies to the official-size configurations.
 DEFAULTS = {
-    "vdvae": {"lr": 2e-4, "batch_size": 32, "epochs": 30, "weight_decay": 0.01, "betas": (0.9, 0.9),
+    "vdvae": {"lr": 1e-3, "batch_size": 32, "epochs": 30, "weight_decay": 0.01, "betas": (0.9, 0.9),
               "warmup_steps": 100, "grad_clip": 10.0, "skip_threshold": 50.0,
-              "big": {"grad_clip": 200.0, "skip_threshold": 400.0}},
+              "big": {"lr": 2e-4, "grad_clip": 200.0, "skip_threshold": 400.0}},
     "rqvae": {"lr": 1e-3, "batch_size": 32, "epochs": 20, "weight_decay": 0.0, "betas": (0.9, 0.999),
               "warmup_steps": 0, "grad_clip": 0.0, "skip_threshold": 0.0, "big": {"lr": 4e-5, "betas": (0.5, 0.9)}},
 }
