@@ -120,6 +120,29 @@ def table(results: dict, variants: dict, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def convergence(results: dict, variants: dict, seeds: list[int], reference: str = "kd") -> str:
+    """After how many student steps each variant first reaches the reference's (plain KD's) final shifted
+    validation accuracy of the same seed, as a fraction of the reference's steps (the paper's claim that HARD
+    converges faster, measured)."""
+    lines = [f"| variant | first epoch-end at or above {reference}'s final shifted val acc: student steps, % of {reference}'s "
+             "steps | seeds that reach it |", "|---|---:|---:|"]
+    for name in variants:
+        if name == reference or name not in results:
+            continue
+        fractions = []
+        for seed in seeds:
+            ref, run = results.get(reference, {}).get(str(seed)), results[name].get(str(seed))
+            if not ref or not run or ref["val_shifted_acc"] is None:
+                continue
+            total = ref["curve"][-1][0]
+            hit = next((step for step, acc in run["curve"] if acc is not None and acc >= ref["val_shifted_acc"]), None)
+            fractions.append(None if hit is None else 100 * hit / total)
+        reached = [f for f in fractions if f is not None]
+        if fractions:
+            lines.append(f"| {name} | {fmt(mean_sem(reached)) if reached else '-'} | {len(reached)}/{len(fractions)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study", type=Path)
@@ -149,7 +172,7 @@ def main() -> None:
             results.setdefault(name, {})[str(seed)] = score(run_dir)
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps({"study": str(options.study), "results": results}, indent=1))
-    text = table(results, variants, seeds)
+    text = table(results, variants, seeds) + "\n" + convergence(results, variants, seeds)
     (out / "study.md").write_text(text)
     print(text)
 
