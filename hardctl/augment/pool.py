@@ -65,13 +65,14 @@ class AugmentorPool:
                 save_file(cpu, str(tmp), metadata={"hardctl_pool": json.dumps(record)})
         return index
 
-    def sample(self, how: str = "uniform") -> int:
-        """A drawn entry (global torch RNG, so runs and resumes are reproducible): ``uniform`` over all entries (the
-        paper), or ``recent``: the newest entry half of the time, else uniform over all — the newest augmentor is
-        the one the student has not learned yet, the older ones guard against forgetting."""
-        if how == "recent" and len(self.entries) > 1 and bool(torch.rand(()) < 0.5):
+    def sample(self, how: str = "uniform", generator: torch.Generator | None = None) -> int:
+        """A drawn entry (from ``generator``, else the global torch RNG, so runs and resumes are reproducible):
+        ``uniform`` over all entries (the paper), or ``recent``: the newest entry half of the time, else uniform over
+        all — the newest augmentor is the one the student has not learned yet, the older ones guard against
+        forgetting."""
+        if how == "recent" and len(self.entries) > 1 and bool(torch.rand((), generator=generator) < 0.5):
             return len(self.entries) - 1
-        return int(torch.randint(len(self.entries), (1,)).item())
+        return int(torch.randint(len(self.entries), (1,), generator=generator).item())
 
     def augment(self, index: int, images: torch.Tensor) -> torch.Tensor:
         return self.augmentor.forward_with(self.entries[index], images)

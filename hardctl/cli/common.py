@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,12 @@ Select = Annotated[str, typer.Option("--select", rich_help_panel=OUTPUT, metavar
     "centered validation accuracy (best); the other is kept as last.safetensors / best.safetensors. "
     "\\[default: last for distill (the paper trains to a fixed budget; centered validation cannot see the "
     "invariance HARD transfers), best for train]"))]
+SyncBn = Annotated[bool, typer.Option("--sync-bn", rich_help_panel=RUN, help=(
+    "Under torchrun: synchronise the student's batch-norm statistics across processes (SyncBatchNorm); "
+    "otherwise each process normalises by its own share of the global --batch-size."))]
+DistTimeout = Annotated[float, typer.Option("--dist-timeout", min=1, rich_help_panel=RUN, metavar="SECONDS", help=(
+    "Under torchrun: how long a process waits for the others before the run stops with an error "
+    "(a dead or stuck process)."))]
 LogEvery = Annotated[int, typer.Option("--log-every", min=1, rich_help_panel=OUTPUT,
                                        help="Steps between progress lines when stderr is not a terminal.")]
 
@@ -114,7 +121,7 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "plateau_decays": (PlateauDecays, D.plateau_decays), "amp": (Amp, D.amp),
     "device": (Device, D.device), "seed": (Seed, D.seed), "workers": (Workers, D.workers), "out": (Out, None),
     "resume": (Resume, None), "force": (Force, False), "json": (Json, False), "log_every": (LogEvery, D.log_every),
-    "select": (Select, D.select),
+    "select": (Select, D.select), "sync_bn": (SyncBn, False), "dist_timeout": (DistTimeout, 600.0),
 }
 
 
@@ -132,7 +139,7 @@ def with_run_options(command):
 
 
 # Options that describe how a run is watched, not what it computes: allowed next to --resume.
-_RUN_CONTROL = {"resume", "json", "out", "force", "log_every", "workers", "device"}
+_RUN_CONTROL = {"resume", "json", "out", "force", "log_every", "workers", "device", "dist_timeout"}
 
 
 def config_from_params(command: str, params: dict[str, Any], **renamed: str) -> RunConfig:
@@ -176,11 +183,14 @@ def start_run(ctx: typer.Context, cfg: RunConfig, *, baseline: dict[str, Any] | 
         cfg, out = dataclasses.replace(saved, **watched), resume
     out = out or default_out(cfg.command, cfg.model)
     try:
-        summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every))
+        summary = run(cfg, out, resume=resume is not None, force=force, reporter=reporter_for(every=cfg.log_every),
+                      sync_bn=ctx.params.get("sync_bn", False), dist_timeout=ctx.params.get("dist_timeout"))
     except KeyboardInterrupt as exc:  # main() prints how to continue: it needs the command and the folder
         global LAST_INTERRUPT
         LAST_INTERRUPT = RunInterrupted(cfg.command, Path(out))  # Typer swallows the exception: main() reads this
         raise LAST_INTERRUPT from exc
+    if int(os.environ.get("RANK", 0)):  # under torchrun rank 0 alone prints the result
+        return summary
     if baseline is not None:
         summary = {**summary, "kd_baseline": {"run_dir": baseline["run_dir"], **baseline["student"]}}
     print_summary(summary, ctx.params["json"])

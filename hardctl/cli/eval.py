@@ -8,6 +8,7 @@ shifted copy). The other built-in suites read the official release layouts under
 from __future__ import annotations
 
 import json as jsonlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -111,6 +112,8 @@ def eval_command(
                                        batch_size=batch_size, workers=workers,
                                        data_specs={name: data for name in spec_suites},
                                        progress=lambda message: print(f"hardctl: eval: {message}", file=sys.stderr))
+    if int(os.environ.get("RANK", 0)):  # under torchrun every rank has the same rows; rank 0 reports them
+        return
     title = (f"top-1 accuracy (%) on {data}" if suites == ["standard"]
              else f"top-1 accuracy (%): {', '.join(suites)}")
     _report(models, rows, title, out_path, as_json=json)

@@ -9,7 +9,15 @@ keeps of HARD (paper section 4, appendix A):
 * the :class:`~hardctl.distill.phases.PhaseSwitch` (student ↔ augmentor on the student's error on
   augmented data, ``l_min``/``l_max`` for ``patience`` iterations);
 * the :class:`~hardctl.augment.AugmentorPool` of snapshots that student steps draw from;
-* the seeded generator of the augmentor steps' own batches, and the run's HARD statistics.
+* the seeded generators of the augmentor steps' own batches and of the student steps' pool entries, and
+  the run's HARD statistics.
+
+Under ``torchrun`` (W ranks) both generators are seeded the same on every rank: an augmentor step's batch is
+drawn for the global ``--aug-batch-size`` and each rank takes rows ``rank::W`` of it, and every rank draws
+the *same* pool entry for a student step. One entry per step, shared, keeps the global batch exactly the
+one-process run's (one entry augments the whole batch there) and so makes a run's result independent of the
+number of ranks; an entry per rank would add diversity but tie the training to W. The pool entry's own
+generator also keeps the draw independent of how many random numbers an augmentor's ε took on a rank.
 
 Augmentors that declare a teacher–teacher term train in phases; the others (HARD-Mix) train *jointly*
 with the student, ascending the student's loss from the same forward pass (``Trainer.joint_step``).
@@ -72,7 +80,7 @@ class Hard:
     """Everything HARD adds to a run, for a training loop and its steps to use (the trainer's, the toy's)."""
 
     def __init__(self, augmentor: nn.Module, cfg: HardSettings, *, device: torch.device, amp: str = "off",
-                 pool_dir: Path | None = None):
+                 pool_dir: Path | None = None, rank: int = 0, world_size: int = 1):
         self.augmentor, self.cfg = augmentor, cfg
         # the registration says whether the augmentor has a teacher–teacher term (see hardctl.augment)
         self.mode = PHASES if getattr(augmentor, "teacher_term", True) else JOINT
@@ -84,6 +92,8 @@ class Hard:
         self.switch = PhaseSwitch(cfg.l_min, cfg.l_max, cfg.switch_patience)
         self.pool = AugmentorPool(augmentor, pool_dir)
         self.batches = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # augmentor-step batch draws
+        self.entry_draws = torch.Generator().manual_seed(cfg.seed + 2_000_003)  # student steps' pool entries
+        self.rank, self.world_size = rank, world_size  # this rank takes rows rank::world_size of a drawn batch
         self.steps, self.phase_steps = 0, 0  # augmentor steps in all, and in the current phase
         self.phase_time = {STUDENT: 0.0, AUGMENTOR: 0.0, JOINT: 0.0}
         self.output_checked = False
@@ -116,13 +126,14 @@ class Hard:
             check_output(self.augmentor, out, out)
 
     def draw_batch(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        """An augmentor step's own batch of ``aug_batch_size`` training images (seeded, resumable)."""
+        """An augmentor step's own batch of ``aug_batch_size`` training images (seeded, resumable): this rank's
+        rows ``rank::world_size`` of it."""
         picks = torch.randint(len(dataset), (self.cfg.aug_batch_size,), generator=self.batches)
-        return default_collate([dataset[i] for i in picks.tolist()])
+        return default_collate([dataset[i] for i in picks[self.rank :: self.world_size].tolist()])
 
     def draw_entry(self) -> int:
         """The pool entry a student step augments with (``--pool-sampling``)."""
-        return self.pool.sample(self.cfg.pool_sampling)
+        return self.pool.sample(self.cfg.pool_sampling, generator=self.entry_draws)
 
     def augment(self, entry: int, images: torch.Tensor) -> torch.Tensor:
         """``images`` as pool entry ``entry`` augments them, without gradients (a student step's input); the
@@ -188,7 +199,8 @@ class Hard:
     def state_dict(self) -> dict[str, Any]:
         return {"augmentor": self.augmentor.state_dict(), "aug_optimizer": self.optimizer.state_dict(),
                 "aug_scaler": self.scaler.state_dict(), "switch": self.switch.state_dict(),
-                "pool_size": len(self.pool), "aug_batches": self.batches.get_state(), "aug_steps": self.steps,
+                "pool_size": len(self.pool), "aug_batches": self.batches.get_state(),
+                "entry_draws": self.entry_draws.get_state(), "aug_steps": self.steps,
                 "phase_steps": self.phase_steps, "phase_time": dict(self.phase_time)}
 
     def load_state_dict(self, state: dict[str, Any], run_dir: Path, device: torch.device) -> None:
@@ -200,5 +212,7 @@ class Hard:
         self.pool.directory = Path(run_dir) / POOL_DIR
         self.pool.load(state["pool_size"], device)
         self.batches.set_state(state["aug_batches"])
+        if "entry_draws" in state:  # checkpoints of versions that drew entries from the global RNG lack it
+            self.entry_draws.set_state(state["entry_draws"])
         self.steps, self.phase_steps = state["aug_steps"], state["phase_steps"]
         self.phase_time = dict(state["phase_time"])

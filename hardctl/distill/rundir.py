@@ -12,6 +12,7 @@ Layout of ``RUN/``::
     checkpoints/best.pt    full training state at the best validation accuracy
     summary.json           final metrics
     log.txt                the run's log lines
+    log.rankN.txt          under torchrun: the log lines of rank N > 0 (hardctl.distributed)
     augmentors/            HARD's augmentor pool (hardctl.augment.pool.POOL_DIR)
     .hardctl-run           the marker: hardctl made this folder, so --force may replace it
     .hardctl-lock          locked by the process writing the run (hardctl.dirlock)
@@ -60,6 +61,7 @@ __all__ = ["BEST_CHECKPOINT", "BEST_MODEL_FILE", "CHECKPOINT_DIR", "CHECKPOINT_F
 _OWN_FILES = frozenset({CONFIG_FILE, STEPS_FILE, EPOCHS_FILE, MODEL_FILE, LAST_MODEL_FILE, BEST_MODEL_FILE,
                         SUMMARY_FILE, LOG_FILE, EVAL_FILE, *FIGURE_FILES, RUN_MARKER, LOCK_FILE, COMMIT_JOURNAL})
 _OWN_FOLDERS = {CHECKPOINT_DIR: re.compile(r"^(last|best)\.pt$"), POOL_DIR: re.compile(r"^pool-\d+\.safetensors$")}
+_RANK_LOG = re.compile(r"^log\.rank\d+\.txt$")  # ranks > 0 of a torchrun job log there
 _BOOKKEEPING = frozenset({RUN_MARKER, LOCK_FILE})  # a folder holding only these is as good as empty
 _WRITE_PROBE = ".hardctl-write-test-"
 # One epoch's checkpoint, in commit order: last.pt goes last, so it never names an epoch whose files are not on disk.
@@ -171,7 +173,7 @@ def foreign_entries(folder: Path) -> list[Path]:
             foreign += [inner for inner in sorted(entry.iterdir())
                         if inner.is_symlink() or not inner.is_file() or not (pattern.match(inner.name)
                                                                               or is_temp_name(inner.name))]
-        elif not (name in _OWN_FILES or is_temp_name(name) or name.startswith(_WRITE_PROBE)):
+        elif not (name in _OWN_FILES or _RANK_LOG.match(name) or is_temp_name(name) or name.startswith(_WRITE_PROBE)):
             foreign.append(entry)
     return foreign
 

@@ -7,11 +7,27 @@ KD, or KD on a pool augmentation), :meth:`Trainer.augmentor_step` (ascend ``λ_s
 call of the task (:mod:`hardctl.distill.tasks`), so the KD objective is written once. HARD's state lives
 in :class:`hardctl.distill.hard.Hard`; wiring is :mod:`hardctl.distill.build`, the run entry point
 :mod:`hardctl.distill.run`.
+
+Under ``torchrun`` (W ranks, :mod:`hardctl.distributed`) the same loop runs on every rank in lockstep:
+
+* ``--batch-size`` (and ``--aug-batch-size``) are global; rank ``r`` takes rows ``r::W`` of each batch, so
+  the ranks together see the one-process run's batch at every step.
+* The student is DDP-wrapped for its own steps (gradients averaged; each rank's loss is weighted by its
+  share of the global batch, so the average is the global batch's mean even for an epoch's smaller last
+  batch); ``--sync-bn`` makes its batch-norm layers synchronise. The teacher is frozen and not wrapped.
+* Every logged number is the global batch's (:func:`hardctl.distributed.global_means`), so HARD's switching
+  statistic is the same on all ranks and all switch on the same iteration. The augmentor is not wrapped:
+  its gradients are averaged explicitly after each augmentor (or joint) step, so all ranks hold the same
+  augmentor — checked bit for bit whenever it joins the pool — and the same pool; rank 0 writes its files.
+* Evaluation shards the images over the ranks and sums the counts (:mod:`hardctl.eval.engine`).
+* Each rank has its own global RNG stream (augmentors' ε, MixUp/CutMix draws: they mix within a rank's
+  rows), saved per rank in the checkpoint; a resumed run must have the same world size.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +36,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import load_model as load_weights
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+
+from hardctl import distributed
 
 from hardctl.augment.pool import POOL_DIR
 from hardctl.distill import rundir
@@ -45,21 +64,22 @@ class Trainer:
     """The training loop, its checkpoints and its logs for one run directory."""
 
     def __init__(self, components: Components, run_dir: Path, *, reporter: Reporter | None = None,
-                 dist: DistInfo | None = None):
+                 dist: DistInfo | None = None, sync_bn: bool = False):
         self.components, self.cfg, self.run_dir = components, components.cfg, Path(run_dir)
-        self.dist = dist or DistInfo.from_env()
-        if self.dist.world_size > 1:
-            raise UsageError("multi-process (torchrun) training is not supported yet", hint="run a single process")
-        self.reporter = reporter or Reporter()
+        self.dist = dist or distributed.current()
+        world, main = self.dist.world_size, self.dist.is_main
+        self.reporter = (reporter or Reporter()) if main else Reporter()  # one progress display: rank 0's
         self.task, self.device, self.amp = components.task, components.device, components.amp
-        self.student = self.task.student
-        self.sampler = EpochSampler(len(components.data.train), seed=self.cfg.seed, dist=self.dist)
+        self.student = self.task.student  # the module itself; under DDP the task calls the wrapper (student_ddp)
+        if world > 1:
+            self.student_ddp = self.wrap_student(sync_bn)
         # A last batch of a single image would crash batch-norm in train mode ("Expected more than 1 value per
-        # channel", e.g. ResNets whose last feature map is 1×1); drop only that one, so that step counts
-        # (and the published tables) stay those of the full epoch otherwise.
-        drop_single = len(self.sampler) > self.cfg.batch_size and len(self.sampler) % self.cfg.batch_size == 1
-        self.loader = DataLoader(components.data.train, batch_size=self.cfg.batch_size, sampler=self.sampler,
-                                 drop_last=drop_single,
+        # channel", e.g. ResNets whose last feature map is 1×1), and one smaller than the world leaves a rank
+        # without a batch: the sampler drops only those, so step counts stay those of the full epoch otherwise.
+        self.sampler = EpochSampler(len(components.data.train), seed=self.cfg.seed, dist=self.dist,
+                                    batch_size=self.cfg.batch_size)
+        self.share = 1.0  # this rank's fraction of the current global batch (1 in a single process)
+        self.loader = DataLoader(components.data.train, batch_size=self.cfg.batch_size // world, sampler=self.sampler,
                                  num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
         params = self.student_params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.cfg.optimizer, params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -80,14 +100,38 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.epoch, self.step_count, self.best_val = 0, 0, -1.0
         self.iteration = 0  # every optimisation step (HARD adds augmentor steps between the student's)
-        main = self.dist.is_main
         self.steps_log = rundir.JsonlLog(self.run_dir / rundir.STEPS_FILE) if main else None
         self.epochs_log = rundir.JsonlLog(self.run_dir / rundir.EPOCHS_FILE) if main else None
-        self.log = rundir.RunLog(self.run_dir / rundir.LOG_FILE if main else None, self.reporter.log if main else None)
+        log_file = rundir.LOG_FILE if main else distributed.rank_log_name(self.dist.rank)
+        self.log = rundir.RunLog(self.run_dir / log_file, self.reporter.log if main else None)
         self.hard = None  # HARD's augmentor, switch and pool (distill with --augmentor)
         if components.augmentor is not None:
             self.hard = Hard(components.augmentor, HardSettings.from_config(self.cfg), device=self.device, amp=self.amp,
-                             pool_dir=self.run_dir / POOL_DIR if main else None)
+                             pool_dir=self.run_dir / POOL_DIR if main else None, rank=self.dist.rank, world_size=world)
+        if world > 1 and not main:  # each rank its own random stream (ε, MixUp); the student was seeded alike
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank)
+
+    def wrap_student(self, sync_bn: bool) -> DistributedDataParallel:
+        """The DDP wrapper the task calls in the student's own steps (after ``--sync-bn``'s conversion)."""
+        if sync_bn:
+            self.student = self.task.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+        cuda = self.device.type == "cuda"
+        wrapper = DistributedDataParallel(self.student, device_ids=[self.device.index or torch.cuda.current_device()]
+                                          if cuda else None)
+        self.task.student = wrapper
+        return wrapper
+
+    @contextmanager
+    def plain_student(self):
+        """The task calls the bare student: the augmentor's steps must not start a DDP gradient sync."""
+        if self.dist.world_size == 1:
+            yield
+            return
+        self.task.student = self.student
+        try:
+            yield
+        finally:
+            self.task.student = self.student_ddp
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -98,8 +142,8 @@ class Trainer:
                 break
             self.start_epoch(epoch)
             started, totals = time.perf_counter(), EpochTotals()
-            for images, labels in self.loader:
-                record = self.train_batch(*self.prepare_batch(images, labels))
+            for index, (images, labels) in enumerate(self.loader):
+                record = self.train_batch(*self.prepare_batch(images, labels, index))
                 record = {"iter": self.iteration, "step": self.step_count, "epoch": epoch + 1,
                           "lr": self.scheduler.get_last_lr()[0], **record}
                 totals.add(record)
@@ -146,13 +190,18 @@ class Trainer:
                 self.log(f"iteration {self.iteration}: augmentor phase reached --max-aug-steps {cfg.max_aug_steps} "
                          f"(student error {error:.3f} < l_max {cfg.l_max}) -> student phase (pool {len(hard.pool)})")
             if ended:
+                self.check_lockstep()
                 return
 
     # ------------------------------------------------------------------ the steps
-    def prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A training batch on the device, MixUp/CutMix-ed when configured (labels then soft targets B×K).
+    def prepare_batch(self, images: torch.Tensor, labels: torch.Tensor,
+                      index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch on the device, MixUp/CutMix-ed when configured (labels then soft targets B×K);
+        ``index``: its place in the epoch, whose global batch size gives this rank's :attr:`share`.
 
         The mixer draws from the global CPU generator, which the trainer seeds and checkpoints."""
+        if index is not None:
+            self.share = len(images) / self.sampler.global_batch(index, self.cfg.batch_size)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.components.mixer is not None:
@@ -171,10 +220,11 @@ class Trainer:
         train_acc = top1_accuracy(out["logits"], labels)
         if entry is None:
             metrics = {k: float(v.detach()) for k, v in out.items() if k not in ("logits", "teacher_logits")}
-            return {**metrics, "train_acc": train_acc}
-        return {"loss": float(out["loss"].detach()), "l_st": float(out["kd"].detach()),
-                "aug_error": self.hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_entry": entry,
-                "pool_size": len(self.hard.pool), "train_acc": train_acc, "phase": STUDENT}
+            return distributed.global_means({**metrics, "train_acc": train_acc}, self.share)
+        return distributed.global_means({  # the global batch's numbers: every rank switches on the same iteration
+            "loss": float(out["loss"].detach()), "l_st": float(out["kd"].detach()),
+            "aug_error": self.hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_entry": entry,
+            "pool_size": len(self.hard.pool), "train_acc": train_acc, "phase": STUDENT}, self.share)
 
     def augmentor_step(self) -> dict[str, Any]:
         """One augmentor step on its own batch: ascend ``λ_s·L_st − λ_t·L_tt``, student and teacher frozen.
@@ -182,7 +232,7 @@ class Trainer:
         hard, cfg = self.hard, self.cfg
         images, labels = self.prepare_batch(*hard.draw_batch(self.components.data.train))  # mixed like the student's
         self.student.eval()  # dropout/batch-norm must not react to the augmentor's batches
-        with autocast_for(self.device, self.amp):
+        with autocast_for(self.device, self.amp), self.plain_student():
             augmented = hard.augmentor(images)
             hard.check(images, augmented)
             out = self.task(augmented, labels, input_grad=True)  # gradients reach x̃ through both models
@@ -195,12 +245,15 @@ class Trainer:
         self.check_finite(loss, "the augmentor's loss")
         hard.optimizer.zero_grad(set_to_none=True)
         hard.scaler.scale(loss).backward(inputs=hard.params)  # no gradients for student or teacher
+        distributed.average_gradients(hard.params)  # equal shards: the mean is the global batch's gradient
         hard.scaler.step(hard.optimizer)
         hard.scaler.update()
         self.iteration += 1
-        return {"iter": self.iteration, "step": self.step_count, "epoch": self.epoch + 1, "phase": AUGMENTOR,
-                "loss": float(loss.detach()), "l_st": float(l_st.detach()), "l_tt": float(l_tt.detach()),
-                "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool)}
+        return distributed.global_means({
+            "iter": self.iteration, "step": self.step_count, "epoch": self.epoch + 1, "phase": AUGMENTOR,
+            "loss": float(loss.detach()), "l_st": float(l_st.detach()), "l_tt": float(l_tt.detach()),
+            "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
+        }, 1.0 / self.dist.world_size)
 
     def joint_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         """Augmentor and student in one step (no teacher–teacher term, HARD-Mix): the student descends its KD
@@ -214,9 +267,10 @@ class Trainer:
             l_st = self.augmentor_kd(out)
         self.check_finite(out["loss"])
         self.optimise(out["loss"], augmentor_loss=-hard_objective(l_st, 0.0, lambda_s=cfg.lambda_s, lambda_t=0.0))
-        return {"loss": float(out["loss"].detach()), "l_st": float(l_st.detach()),
-                "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
-                "train_acc": top1_accuracy(out["logits"], labels), "phase": JOINT}
+        return distributed.global_means({
+            "loss": float(out["loss"].detach()), "l_st": float(l_st.detach()),
+            "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
+            "train_acc": top1_accuracy(out["logits"], labels), "phase": JOINT}, self.share)
 
     def augmentor_kd(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """``L_st`` of the augmentor's objective, at ``--aug-temperature``: the task's own KD term when the two
@@ -227,14 +281,22 @@ class Trainer:
 
     def optimise(self, loss: torch.Tensor, *, augmentor_loss: torch.Tensor | None = None) -> None:
         """One (scaled) backward and step of the student's optimiser and schedule; with ``augmentor_loss`` (joint
-        training) also of the augmentor's, each loss reaching only its own parameters."""
+        training) also of the augmentor's, each loss reaching only its own parameters.
+
+        Under DDP each rank's mean loss is weighted by W × its share of the global batch, so the averaged
+        gradients are those of the global batch's mean (a factor of exactly 1 for equal shards)."""
         self.optimizer.zero_grad(set_to_none=True)
+        weight = self.share * self.dist.world_size
+        if weight != 1.0:
+            loss = loss * weight
+            augmentor_loss = augmentor_loss * weight if augmentor_loss is not None else None
         if augmentor_loss is None:
             self.scaler.scale(loss).backward()
         else:
             self.hard.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward(inputs=self.student_params, retain_graph=True)
             self.scaler.scale(augmentor_loss).backward(inputs=self.hard.params)
+            distributed.average_gradients(self.hard.params)
             self.scaler.step(self.hard.optimizer)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -277,6 +339,18 @@ class Trainer:
                                     "--aug-lr; a plugin's author can reproduce it with --debug") from None
         raise TrainingError(f"{what} became {loss.item()} {where}", hint="lower --lr, or use --amp off")
 
+    def check_lockstep(self) -> None:
+        """Under DDP, the augmentor that just joined the pool must be bit-identical on every rank (its gradients
+        were averaged and its steps are the same); say so in each rank's log, with a checksum to compare."""
+        if self.dist.world_size == 1:
+            return
+        if not distributed.same_on_all_ranks(self.hard.params):
+            raise TrainingError(f"the ranks' augmentors differ after iteration {self.iteration}",
+                                hint="a rank computed differently; rerun with one process and report it")
+        checksum = sum(float(p.detach().double().sum()) for p in self.hard.params)
+        self.log(f"pool entry {len(self.hard.pool) - 1}: augmentor identical on all {self.dist.world_size} ranks "
+                 f"(parameter sum {checksum:.12g})")
+
     def log_step(self, record: dict[str, Any], *, progress: bool = True) -> None:
         if self.steps_log is not None:
             self.steps_log.append(record)
@@ -285,6 +359,7 @@ class Trainer:
 
     def evaluate(self, dataset, model: nn.Module | None = None, normalize: nn.Module | None = None) -> dict[str, float]:
         model = model if model is not None else self.student
+        distributed.broadcast_buffers(self.student)  # rank 0's batch-norm statistics, as DDP's next forward would
         normalize = normalize if normalize is not None else self.task.student_normalize
         return accuracy(model, dataset, normalize=normalize, device=self.device,
                         batch_size=max(256, self.cfg.batch_size), amp=self.amp)
@@ -320,8 +395,8 @@ class Trainer:
                 save_model(self.student, info, self.run_dir / rundir.MODEL_FILE, extra={**extra, "select": self.cfg.select})
         if event in (DECAY, STOP):
             self.restore_best()  # before the state is taken: a resumed run continues from the restored weights
+        state = self.state_dict()  # on every rank: it gathers their random streams
         if self.dist.is_main:
-            state = self.state_dict()
             if improved:
                 rundir.save_checkpoint(self.run_dir / rundir.BEST_CHECKPOINT, state)
             # last.pt goes last: once it names an epoch, everything that epoch wrote is on disk.
@@ -358,6 +433,8 @@ class Trainer:
             "iteration": self.iteration,
             "best_val": self.best_val,
             "rng": rundir.rng_state(),
+            "world_size": self.dist.world_size,
+            "rank_rngs": distributed.all_gather_object(rundir.rng_state()) if self.dist.world_size > 1 else [],
             **(self.hard.state_dict() if self.hard is not None else {}),
         }
 
@@ -370,6 +447,12 @@ class Trainer:
             done = (f"the plateau schedule stopped it after epoch {stopped}" if stopped is not None
                     else f"it ran its {self.cfg.epochs} epochs")
             raise UsageError(f"{self.run_dir} has already finished: {done}", hint="start a new run with --out")
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:  # the data shards, random streams and batch split depend on it
+            raise UsageError(f"{self.run_dir} was trained by {saved_world} process{'es' * (saved_world != 1)}, "
+                             f"this resume has {self.dist.world_size}",
+                             hint=f"resume it with torchrun --nproc-per-node {saved_world}" if saved_world > 1
+                             else "resume it without torchrun (one process)")
         # trained but without a summary: killed after its last checkpoint; fit() goes straight to finish()
         self.stopped_early = stopped
         self.student.load_state_dict(state["student"])
@@ -378,7 +461,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_count, self.best_val = state["epoch"], state["step"], state["best_val"]
         self.iteration = state.get("iteration", self.step_count)
-        rundir.set_rng_state(state["rng"])
+        rank_rngs = state.get("rank_rngs") or [state["rng"]]
+        rundir.set_rng_state(rank_rngs[self.dist.rank])
         if self.hard is not None:
             self.hard.load_state_dict(state, self.run_dir, self.device)
         if self.dist.is_main:  # forget what an interrupted epoch logged after the checkpoint
@@ -408,6 +492,7 @@ class Trainer:
         """Score the reported student (``--select``), the other candidate and the teacher on the centered and
         shifted test sets: the run's summary (written by :func:`hardctl.distill.run.run`, with the figures)."""
         data = self.components.data
+        distributed.barrier()  # rank 0 has committed the last epoch's weights files, which every rank reads next
         candidates = self.score_candidates()
         selected = candidates.get(self.cfg.select) or candidates.get("last") or {}
         if self.cfg.select in candidates:  # the student in memory is the one reported

@@ -11,6 +11,10 @@ training run's validation and test accuracy through :func:`accuracy` (one model,
 * A CUDA out-of-memory error halves the batch size and the pass resumes at the first image whose
   batch had not been scored by every model (scorers are updated only once all models have their
   logits); the smaller batch size is kept for the rest of the run. At batch size 1 it gives up.
+* Under ``torchrun`` (:mod:`hardctl.distributed`) each rank scores a contiguous W-th of the images and the
+  scorers' counts are summed over the ranks, so every rank ends with the one-process numbers: the counts
+  (top-1, top-5, ReaL hits, images) exactly, the summed loss up to float rounding. A scorer hardctl does
+  not know how to sum (a plugin's) is run on all the images on every rank instead.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from hardctl import distributed
 from hardctl.device import autocast_for
 from hardctl.errors import HardctlError
-from hardctl.eval.metrics import TopK
+from hardctl.eval.metrics import RealTopK, TopK
 
 __all__ = ["Feed", "OutOfMemory", "PassStats", "accuracy", "batches", "make_loader", "score"]
 
@@ -112,6 +117,9 @@ def score(
     device = torch.device(device)
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     scorers = [make_scorer() for _ in feeds]
+    sharded = distributed.active() and all(type(s) in (TopK, RealTopK) for s in scorers)
+    if sharded:
+        dataset = _shard(dataset)
     modes = [f.model.training for f in feeds]
     for feed in feeds:
         feed.model.eval()
@@ -146,8 +154,31 @@ def score(
             feed.model.train(mode)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    if sharded:
+        for scorer in scorers:
+            _sum_over_ranks(scorer)
+        done = int(distributed.sum_tensor([done])[0])
     stats.images, stats.seconds = done, time.perf_counter() - start
     return scorers, stats
+
+
+def _shard(dataset: Dataset) -> Dataset:
+    """This rank's contiguous share of ``dataset`` (sizes differ by at most one image)."""
+    info = distributed.current()
+    n = len(dataset)
+    return Subset(dataset, range(info.rank * n // info.world_size, (info.rank + 1) * n // info.world_size))
+
+
+def _sum_over_ranks(scorer: TopK | RealTopK) -> None:
+    """Replace a scorer's counts by their sums over the ranks (integers stay exact in float64 below 2^53)."""
+    if isinstance(scorer, TopK):
+        local = [float(scorer._hits1 or 0), float(scorer._hitsk or 0), float(scorer._loss or 0), scorer.n]
+        hits1, hitsk, loss, n = distributed.sum_tensor(local)
+        scorer._hits1, scorer._hitsk = torch.tensor(int(hits1)), torch.tensor(int(hitsk))
+        scorer._loss, scorer.n = torch.tensor(loss, dtype=torch.float64), int(n)
+    else:
+        summed = distributed.sum_tensor([scorer.hits1, scorer.hitsk, scorer.n, scorer.excluded])
+        scorer.hits1, scorer.hitsk, scorer.n, scorer.excluded = (int(v) for v in summed)
 
 
 def accuracy(

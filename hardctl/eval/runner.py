@@ -6,6 +6,11 @@ directory. :func:`evaluate` scores each set once per group of models that share 
 returns plain dict rows (see :mod:`hardctl.eval.report` for their fields), adding the corruption
 summaries (:func:`hardctl.eval.corruptions.summarize`) and the student - teacher gap wherever a run
 directory's teacher is among the models.
+
+Under ``torchrun``, :func:`score_models` joins the job (:func:`hardctl.distributed.setup`) and every pass
+is sharded over the ranks (:mod:`hardctl.eval.engine`): each rank gets the same rows, the one-process
+numbers (mCE included, since the summaries are computed from the summed counts). Rank 0 alone reports
+progress; the caller writes the report on rank 0 only.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from torch import nn
 
 import hardctl
-from hardctl import plugins
+from hardctl import distributed, plugins
 from hardctl.config import RunConfig
 from hardctl.device import select_amp, select_device
 from hardctl.errors import DataError, HardctlError, ModelError, UsageError
@@ -194,7 +199,7 @@ def evaluate(models: Sequence[EvalModel], pairs: Sequence[tuple[str, EvalSet]], 
              batch_size: int = 256, amp: str = "off", workers: int | None = None,
              data_specs: dict[str, str] | None = None, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Score every model on every set; rows ordered by model, then set, then that model's summaries."""
-    say = progress or (lambda message: None)
+    say = progress if progress is not None and distributed.current().is_main else (lambda message: None)
     by_model: dict[str, list[dict]] = {m.spec: [] for m in models}
     state = {"batch_size": batch_size}
     for suite, eval_set in pairs:
@@ -255,6 +260,7 @@ def score_models(specs: Sequence[str], pairs: Sequence[tuple[str, EvalSet]], *, 
     """The evaluation pipeline of ``hardctl eval`` and of a recipe's ``[eval]``: pick the device and AMP
     (``--device``/``--amp`` words), load each model once and score it on every set of ``pairs``
     (from :func:`collect_sets`). Returns the loaded models and the result rows of :func:`evaluate`."""
+    distributed.setup(device)  # under torchrun: join the job (LOCAL_RANK's GPU) before anything moves to "cuda"
     dev = select_device(device)
     models = load_models(specs, pairs, device=dev, pretrained=pretrained)
     rows = evaluate(models, pairs, device=dev, batch_size=batch_size, amp=select_amp(amp, dev), workers=workers,
