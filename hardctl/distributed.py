@@ -101,7 +101,8 @@ def _teardown() -> None:
 def _reason(exc: BaseException) -> str:
     """The first line of a backend's error, without its C++ source location."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return re.sub(r"\s*\(?[\w/.-]+\.(cpp|cc|h):\d+\)?", "", text)[:200]
+    text = re.sub(r"\s*\(?[\w/.-]+\.(cpp|cc|h):\d+\)?|\[\s*\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")[:200]  # the first sentence: the backend's advice runs on
 
 
 @contextmanager

@@ -39,8 +39,8 @@ def run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False,
         reporter: Reporter | None = None, sync_bn: bool = False, dist_timeout: float | None = None) -> dict[str, Any]:
     """Build, train and summarise one run in ``out``; returns the summary."""
     cfg = resolve_config(cfg)  # bad input (a device this machine lacks too) is refused before --out is touched
+    check_split(cfg, DistInfo.from_env())
     info = distributed.setup(cfg.device, dist_timeout)  # joins the torchrun job (a no-op in one process)
-    check_split(cfg, info)
     if resume:
         sync_bn = check_world(Path(out).expanduser(), info)
     # the directory is this job's until the run ends: a second run on it is refused (exit 2)
