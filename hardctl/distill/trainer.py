@@ -370,6 +370,7 @@ class Trainer:
         if self.hard is not None:
             if self.hard.joint and joint_snapshot_due(self.epoch + 1, self.cfg.epochs):  # for visualize
                 self.hard.save("epoch", iteration=self.iteration, step=self.step_count, epoch=self.epoch + 1)
+                self.check_lockstep()
             record.update(self.hard.stats(self.iteration))
         improved = record["val_acc"] > self.best_val
         if improved:
