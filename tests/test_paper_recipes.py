@@ -6,7 +6,8 @@ file (a randomly initialised timm resnet50 saved as ``{"state_dict": {"module." 
 only what makes them small: one seed, one epoch, tiny batches, short augmentor phases, no warm-up and no
 worker processes. Together they run every arm kind of the paper's tables at least once: teacher/student
 training, the baseline augmentations, KD, KD with augmentations and Mixup/CutMix, HARD-Affine, HARD-Mix,
-the external teacher's eval-only row and the evaluation step.
+the external teacher's eval-only row and the evaluation step; HARD-VAE and HARD-VAE-Affine run on tiny
+random-weight VAE files (a 32 px VDVAE for CIFAR-10, an RQ-VAE without attention at 224 px for ImageNet).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def test_cifar10_recipes_hold_appendix_a1():
     for name in CIFAR:
         cfg = configs(name)
         assert list(cfg) == ["teacher", "student", "standard", "random-affine", "kd", "kd-standard", "hard-affine",
-                             "hard-mix"]
+                             "hard-mix", "hard-vae", "hard-vae-affine"]
         for arm, c in cfg.items():
             assert (c.data, c.epochs, c.batch_size, c.optimizer, c.lr, c.weight_decay, c.warmup_epochs) == \
                 ("cifar10:data/cifar10", 300, 256, "adam", 3e-4, 2e-9, 20), arm
@@ -411,3 +412,127 @@ def test_mnist_recipes_on_idx_files_with_mnist_c(cli, data_root, tmp_path):
     results, _ = run_recipe_cli(cli, "mnist-resnet18-vit", tmp_path / "vit", *common, "--arms", "kd")
     assert list(ran(results)) == ["teacher", "kd"]
     assert RunConfig.load(tmp_path / "vit" / "kd" / "seed-0").model == "mnist_vit"
+
+
+# ---------------------------------------------------------------------------------------------- HARD-VAE arms
+VDVAE_URL = "https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets-2/"
+RQVAE_URL = "https://twg.kakaocdn.net/brainrepo/models/RQVAE/"
+VAE_FILES = {"vdvae": "weights/vdvae-cifar10.safetensors", "rqvae": "weights/rqvae-in256.safetensors"}
+# switch to the augmentor after one student step whose error (against the teacher) is below 99 %, so the
+# smoke runs take augmentor steps too (max_aug_steps=2 ends the phase), not only the VAE's reconstruction
+QUICK_SWITCH = ["--set", "l_min=0.99", "--set", "l_max=1.0", "--set", "switch_patience=1"]
+
+
+def test_vae_arms_hold_appendix_a():
+    """Table 2's HARD-VAE / HARD-VAE-Affine rows on CIFAR-10 (VDVAE) and tables 3–4's on ImageNet (RQ-VAE)."""
+    for name in CIFAR + IMAGENET:
+        arch = "vdvae" if name in CIFAR else "rqvae"
+        cfg, recipe = configs(name), load_recipe(name)
+        for arm, augmentor in (("hard-vae", arch), ("hard-vae-affine", f"{arch}+affine")):
+            c = cfg[arm]
+            assert recipe.config(recipe.arm(arm), 0).aug_options == {"weights": VAE_FILES[arch]}
+            # resolved: the file as an absolute path, the other options at the plugin's defaults (section 4.1)
+            # (a composition keys them PART.KEY)
+            part = "" if arm == "hard-vae" else f"{arch}."
+            vae = {k[len(part):]: v for k, v in c.aug_options.items() if k.startswith(part) and "affine." not in k}
+            assert vae == {"weights": str(Path(VAE_FILES[arch]).absolute()),
+                           **({"start": 10, "eps_scale": 1.0} if arch == "vdvae" else
+                              {"noise_site": "pre_quant", "noise_init": 0.01})}, (name, arm)
+            assert (c.command, c.augmentor) == ("distill", augmentor)
+            assert (c.aug_batch_size, c.aug_lr, c.lambda_s, c.lambda_t) == (160, 1e-4, 1.0, 1.0), (name, arm)
+            # appendix A.1's VAE thresholds; ResNet101* -> ResNet18 has the paper's own 5 %/40 %/10
+            expected = (0.05, 0.40, 10) if name == "cifar10-resnet101-resnet18" else (0.10, 0.60, 5)
+            assert (c.l_min, c.l_max, c.switch_patience) == expected, (name, arm)
+            assert c.model == cfg["hard-affine"].model and c.teacher == cfg["hard-affine"].teacher
+            assert (c.lr, c.weight_decay, c.temperature) == (cfg["hard-affine"].lr, cfg["hard-affine"].weight_decay,
+                                                             cfg["hard-affine"].temperature), (name, arm)
+        assert "hardctl vae convert" in recipe.augmentor_download
+        assert (VDVAE_URL if arch == "vdvae" else RQVAE_URL) in recipe.augmentor_download
+        assert ("CC-BY-NC-SA" in recipe.augmentor_download) == (arch == "rqvae")
+
+
+@pytest.mark.parametrize("name", ["cifar10-resnet18-vit", "imagenet-resnet50-resnet18"])
+def test_missing_vae_file_names_convert_url_and_flag(cli, data_root, imagenet, tmp_path, monkeypatch, name):
+    """Checked with the teacher and the data, before anything runs: one line with the download, the convert
+    command and a --set for every arm that takes the file."""
+    monkeypatch.chdir(tmp_path)
+    cifar = name in CIFAR
+    sets = ["--set", f"data=cifar10:{data_root / 'cifar10'}"] if cifar else \
+        ["--set", f"data=imagenet:{imagenet[0]}", "--set", f"teacher=resnet50:{imagenet[1]}"]
+    result = cli("recipes", "run", name, "--out", tmp_path / "out", *sets)
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    line, arch = lines[0], "vdvae" if cifar else "rqvae"
+    assert f"arm 'hard-vae': augmentor weights file {tmp_path / VAE_FILES[arch]} does not exist" in line
+    assert (VDVAE_URL if cifar else RQVAE_URL) in line and f"--arch {arch} --out {VAE_FILES[arch]}" in line
+    stem = Path(VAE_FILES[arch]).name
+    for arm in ("hard-vae", "hard-vae-affine"):  # once each, though the recipe has three seeds
+        assert line.count(f"--set '{arm}.aug_options={{weights = \"/path/to/{stem}\"}}'") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_vaes(tmp_path_factory) -> dict[str, Path]:
+    """Seeded random VAE files of the ``tiny`` presets, resized to what the recipes feed them: a 3×32×32
+    VDVAE with 12 latent layers (so the default start = 10 is in range) and an RQ-VAE without its 8×8
+    attention (at 224 px that level is 112×112, and full attention over it would dominate the test)."""
+    import dataclasses
+
+    from hardctl.vae.archs import build_vae
+    from hardctl.vae.files import save_vae
+    from hardctl.vae.rqvae import RQVAE_PRESETS
+    from hardctl.vae.vdvae import VDVAE_PRESETS
+
+    root = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    configs_ = {"vdvae": dataclasses.replace(VDVAE_PRESETS["tiny"], image_size=32,
+                                             enc_blocks="32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1",
+                                             dec_blocks="1x1,4m1,4x1,8m4,8x2,16m8,16x2,32m16,32x2"),
+                "rqvae": dataclasses.replace(RQVAE_PRESETS["tiny"], attn_resolutions=())}
+    files = {}
+    for arch, cfg in configs_.items():
+        model = build_vae(arch, cfg)
+        files[arch] = save_vae(model, root / f"{arch}.safetensors", arch=arch, config=cfg.to_dict(), source="test")
+    return files
+
+
+def vae_sets(path: Path) -> list[str]:
+    return [item for arm in ("hard-vae", "hard-vae-affine")
+            for item in ("--set", f"{arm}.aug_options={{weights = \"{path}\"}}")]
+
+
+def check_vae_runs(out: Path, arch: str, path: Path) -> None:
+    for arm, augmentor in (("hard-vae", arch), ("hard-vae-affine", f"{arch}+affine")):
+        hard = summary_of(out / arm / "seed-0")["hard"]
+        key = "weights" if arm == "hard-vae" else f"{arch}.weights"  # a composition keys options PART.KEY
+        assert (hard["augmentor"], hard["options"][key]) == (augmentor, str(path)), arm
+        print(arm, {k: hard[k] for k in ("student_steps", "pool_size", "aug_steps", "switches")})
+        assert hard["student_steps"] > 0 and 1 <= hard["pool_size"] and hard["aug_steps"] <= 2 * hard["switches"]
+        assert 0 <= summary_of(out / arm / "seed-0")["student"]["test_acc"] <= 100
+
+
+@pytest.mark.slow
+def test_cifar10_hard_vae_arms(cli, data_root, tiny_vaes, tmp_path):
+    """HARD-VAE and HARD-VAE-Affine of table 2 (and their teacher) with a tiny random VDVAE."""
+    out = tmp_path / "out"
+    results, _ = run_recipe_cli(cli, "cifar10-resnet18-vit", out, *SMALL, *QUICK_SWITCH,
+                                "--arms", "hard-vae,hard-vae-affine",
+                                "--set", f"data=cifar10:{data_root / 'cifar10'}", *vae_sets(tiny_vaes["vdvae"]))
+    assert list(ran(results)) == ["teacher", "hard-vae", "hard-vae-affine"]
+    check_vae_runs(out, "vdvae", tiny_vaes["vdvae"])
+    assert RunConfig.load(out / "hard-vae" / "seed-0").aug_batch_size == 4  # --set aug_batch_size reaches VAE arms
+
+
+@pytest.mark.slow
+def test_imagenet_hard_vae_arms(cli, imagenet, tiny_vaes, tmp_path):
+    """Tables 3–4's HARD-VAE (and the VAE-Affine composition) with a tiny random RQ-VAE at 224 px."""
+    root, teacher = imagenet
+    out = tmp_path / "out"
+    results, _ = run_recipe_cli(cli, "imagenet-resnet50-resnet18", out, *SMALL, *QUICK_SWITCH,
+                                "--set", "batch_size=2", "--set", "aug_batch_size=2",
+                                "--arms", "hard-vae,hard-vae-affine", "--set", f"data=imagenet:{root}",
+                                "--set", f"teacher=resnet50:{teacher}", "--set", f"eval.data_root={tmp_path / 'none'}",
+                                "--set", "results.columns=centered", *vae_sets(tiny_vaes["rqvae"]))
+    assert list(ran(results)) == ["hard-vae", "hard-vae-affine"]  # the external teacher: no arm needed
+    check_vae_runs(out, "rqvae", tiny_vaes["rqvae"])

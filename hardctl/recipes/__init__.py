@@ -38,6 +38,7 @@ Optional parts, used by the paper's CIFAR-10 and ImageNet recipes::
 
     [recipe]
     teacher_download = "deepaugment_and_augmix.pth.tar from https://github.com/hendrycks/imagenet-r"
+    augmentor_download = "X from URL, then `hardctl vae convert X ...`"   # for an arm's aug_options weights file
 
     [defaults]
     teacher = "resnet50:weights/deepaugment_and_augmix.pth.tar"   # NAME:FILE, checked before anything runs

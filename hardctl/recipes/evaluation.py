@@ -145,8 +145,22 @@ def check_weights(recipe: Recipe, specs: list[tuple[str, str, str]]) -> None:
         named = split_named_file(spec.strip())
         target = f"{named[0]}:/path/to/{path.name}" if named is not None else f"/path/to/{path.name}"
         where = f"get {recipe.teacher_download}, then " if recipe.teacher_download and role == "teacher" else ""
+        flag = f"--set {role if role == 'teacher' else f'{arm_id}.model'}={target}"
+        if role == "augmentor":  # aug_options is one table: the --set repeats the arm's other options
+            where = f"get {recipe.augmentor_download}; or " if recipe.augmentor_download else ""
+            flag = " ".join(f"--set '{a}.aug_options={_inline(_aug_options(recipe, a) | {'weights': target})}'"
+                            for a in dict.fromkeys(a for a, r, s in specs if r == role and weights_file(s) == path))
         raise UsageError(f"recipe {recipe.name!r}, arm {arm_id!r}: {role} weights file {path} does not exist",
-                         hint=f"{where}--set {role if role == 'teacher' else f'{arm_id}.model'}={target}")
+                         hint=f"{where}{flag}")
+
+
+def _aug_options(recipe: Recipe, arm_id: str) -> dict[str, Any]:
+    return dict({**recipe.defaults, **recipe.arm(arm_id).values}.get("aug_options", {}))
+
+
+def _inline(table: dict[str, Any]) -> str:
+    """``{"weights": "/p", "start": 10}`` -> ``{weights = "/p", start = 10}`` (a TOML inline table for ``--set``)."""
+    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + "}"
 
 
 def describe_error(exc: HardctlError, arm_id: str) -> HardctlError:

@@ -187,6 +187,10 @@ class RecipeRuns:
                   and not p.evaluate_only and p.cfg.teacher and not p.arm.refs]
         evaluation.check_weights(recipe, specs)
         _check_data(plan, self.reuse)
+        # a VAE augmentor's file (aug_options weights), once the data are there: it concerns a few arms only
+        evaluation.check_weights(recipe, [(p.arm.id, "augmentor", v) for p in plan if p.cfg.uses_hard for k, v in
+                                          p.cfg.aug_options.items() if k.rpartition(".")[2] == "weights"
+                                          and isinstance(v, str)])  # weights, or PART.weights in a composition
         for p in plan:
             if p.evaluate_only and not evaluation.suites_for(recipe, eval_arm=True, columns=self.columns):
                 raise UsageError(f"recipe {recipe.name!r}: arm {p.arm.id!r} only evaluates, but nothing would score it",

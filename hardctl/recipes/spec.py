@@ -23,7 +23,7 @@ from hardctl.errors import UsageError, did_you_mean
 from hardctl.recipes.sections import EvalSpec, ResultsSpec, check_keys, parse_eval, parse_results, check_table
 
 KINDS = ("transfer", "toy")
-RECIPE_KEYS = ("name", "kind", "description", "paper", "seeds", "teacher_download")
+RECIPE_KEYS = ("name", "kind", "description", "paper", "seeds", "teacher_download", "augmentor_download")
 SECTIONS = {"transfer": ("recipe", "defaults", "arm", "eval", "results"),
             "toy": ("recipe", "toy")}  # toy: settings in [toy]
 EVAL_COMMAND = "eval"  # an arm that trains nothing: it scores its ``teacher`` (a model that exists)
@@ -67,6 +67,7 @@ class Recipe:
     eval: EvalSpec | None = None
     results: ResultsSpec = field(default_factory=ResultsSpec)
     teacher_download: str = ""  # where a teacher weights file comes from (named when the file is missing)
+    augmentor_download: str = ""  # where an augmentor's weights file (aug_options weights) comes from, likewise
 
     def is_eval(self, arm: Arm) -> bool:
         """Whether ``arm`` only scores a model (``command = "eval"``) instead of training one."""
@@ -166,13 +167,14 @@ def parse_recipe(raw: dict[str, Any], source: str, default_name: str = "recipe")
         if not isinstance(label, str):
             raise UsageError(f"recipe {source}: arm {arm_id!r}: label must be a string, got {label!r}")
         arms.append(Arm(arm_id, label, table))
-    for key in ("teacher_download",):
+    for key in ("teacher_download", "augmentor_download"):
         if key in head and not isinstance(head[key], str):
             raise UsageError(f"recipe {source}: [recipe] {key} must be a string, got {head[key]!r}")
     recipe = Recipe(name=name, kind=kind, description=head.get("description", ""), paper=head.get("paper", ""),
                     seeds=list(seeds), defaults=defaults, arms=arms, source=source, raw=copy.deepcopy(raw),
                     eval=parse_eval(raw, source), results=parse_results(raw, source, [a.id for a in arms]),
-                    teacher_download=head.get("teacher_download", ""))
+                    teacher_download=head.get("teacher_download", ""),
+                    augmentor_download=head.get("augmentor_download", ""))
     _validate_transfer(recipe)
     return recipe
 
