@@ -507,7 +507,6 @@ def check_vae_runs(out: Path, arch: str, path: Path) -> None:
         hard = summary_of(out / arm / "seed-0")["hard"]
         key = "weights" if arm == "hard-vae" else f"{arch}.weights"  # a composition keys options PART.KEY
         assert (hard["augmentor"], hard["options"][key]) == (augmentor, str(path)), arm
-        print(arm, {k: hard[k] for k in ("student_steps", "pool_size", "aug_steps", "switches")})
         assert hard["student_steps"] > 0 and 1 <= hard["pool_size"] and hard["aug_steps"] <= 2 * hard["switches"]
         assert 0 <= summary_of(out / arm / "seed-0")["student"]["test_acc"] <= 100
 
