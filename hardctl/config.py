@@ -38,6 +38,7 @@ HARD_SETTINGS = {"l_min": "l_min", "l_max": "l_max", "switch_patience": "patienc
 DISTILL_ONLY = {"teacher", "augmentor", "aug_options", "switch_on", "aug_temperature",
                 "max_aug_steps", "pool_sampling", "clean_fraction", *HARD_SETTINGS}
 POOL_SAMPLING = ("uniform", "recent")  # --pool-sampling (hardctl.augment.pool.AugmentorPool.sample)
+DECODE_CHOICES = ("cpu", "gpu", "auto")  # --decode (hardctl.data.gpudecode): who decodes training JPEGs
 
 
 @dataclass
@@ -68,6 +69,10 @@ class RunConfig:
     device: str = "auto"
     seed: int = 0
     workers: int = 0
+    # speed only (hardctl.distill.speed): results agree with the plain run up to float rounding
+    compile: bool = False  # torch.compile the student and the teacher (the augmentor stays eager)
+    channels_last: bool = False  # student, teacher and input batches in channels_last memory format
+    decode: str = "cpu"  # training JPEGs of imagefolder/imagenet: cpu (PIL, workers) | gpu (nvJPEG) | auto (= cpu)
     shift_px: int | None = None  # None: 3 px per 28 px of image side (see hardctl.data.shift)
     shift_seed: int = 0
     log_every: int = 20
@@ -159,6 +164,7 @@ class RunConfig:
              "--aug-opt sets options of a learned augmentor, but --augmentor is none"),
             (self.amp in ("auto", "bf16", "fp16", "off"), "--amp must be auto, bf16, fp16 or off"),
             (self.workers >= 0, "--workers must be >= 0"),
+            (self.decode in DECODE_CHOICES, f"--decode must be one of {', '.join(DECODE_CHOICES)}"),
             (self.shift_px is None or self.shift_px >= 0, "--shift-px must be >= 0"),
             (bool(self.augment.strip()), "--augment must name an augmentation or none"),
             (0 <= self.random_erasing <= 1, "--random-erasing must be a probability in [0, 1]"),

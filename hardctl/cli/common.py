@@ -89,6 +89,14 @@ Amp = Annotated[str, typer.Option("--amp", rich_help_panel=RUN, help=(
 Device = Annotated[str, typer.Option("--device", rich_help_panel=RUN, help="auto | cpu | cuda | cuda:N.")]
 Seed = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Seed of initialisation and data order.")]
 Workers = Annotated[int, typer.Option("--workers", rich_help_panel=RUN, help="DataLoader worker processes.")]
+Compile = Annotated[bool, typer.Option("--compile", rich_help_panel=RUN, help=(
+    "torch.compile the student and the teacher (the augmentor stays eager); the first steps take longer "
+    "while it compiles. Weights files and checkpoints keep the plain model's names."))]
+ChannelsLast = Annotated[bool, typer.Option("--channels-last", rich_help_panel=RUN, help=(
+    "Student, teacher and input batches in channels_last memory format (faster convolutions on recent GPUs)."))]
+Decode = Annotated[str, typer.Option("--decode", rich_help_panel=RUN, metavar="cpu|gpu|auto", help=(
+    "Who decodes the training JPEGs of imagefolder/imagenet data: cpu (PIL in the --workers) | gpu (nvJPEG on "
+    "the CUDA device; pixels differ from PIL's by rounding) | auto (cpu: GPU decoding is not measured faster yet)."))]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", rich_help_panel=OUTPUT,
                                              help="Run directory (default: runs/<command>-<model>-<time>).")]
 Resume = Annotated[Optional[Path], typer.Option("--resume", rich_help_panel=OUTPUT, help=(
@@ -119,7 +127,9 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "warmup_epochs": (Warmup, D.warmup_epochs), "min_lr": (MinLr, D.min_lr), "schedule": (Schedule, D.schedule),
     "plateau_patience": (PlateauPatience, D.plateau_patience), "plateau_factor": (PlateauFactor, D.plateau_factor),
     "plateau_decays": (PlateauDecays, D.plateau_decays), "amp": (Amp, D.amp),
-    "device": (Device, D.device), "seed": (Seed, D.seed), "workers": (Workers, D.workers), "out": (Out, None),
+    "device": (Device, D.device), "seed": (Seed, D.seed), "workers": (Workers, D.workers),
+    "compile": (Compile, D.compile), "channels_last": (ChannelsLast, D.channels_last), "decode": (Decode, D.decode),
+    "out": (Out, None),
     "resume": (Resume, None), "force": (Force, False), "json": (Json, False), "log_every": (LogEvery, D.log_every),
     "select": (Select, D.select), "sync_bn": (SyncBn, False), "dist_timeout": (DistTimeout, 600.0),
 }

@@ -19,6 +19,7 @@ from hardctl.augment import build_augmentor, resolve, resolved_options, split_na
 from hardctl.config import RunConfig, default_select
 from hardctl.data import DataBundle, load_data, parse_spec
 from hardctl.data.batchmix import build_mixer
+from hardctl.data.gpudecode import resolve_decode
 from hardctl.data.baselines import augmented_train, parse_augment
 from hardctl.device import select_amp, select_device
 from hardctl.distill.tasks import DistillTask, SupervisedTask
@@ -53,6 +54,9 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     parse_augment(cfg.augment)  # an unknown part is a usage error naming it
     if cfg.select == "auto":
         cfg = dataclasses.replace(cfg, select=default_select(cfg.command))
+    decode = resolve_decode(cfg.decode, select_device(cfg.device))  # auto -> cpu; gpu without CUDA: exit 2
+    if decode != cfg.decode:
+        cfg = dataclasses.replace(cfg, decode=decode)
     if not cfg.uses_hard:
         return cfg
     if cfg.aug_temperature is None:  # the augmentor's objective at the KD temperature unless told otherwise

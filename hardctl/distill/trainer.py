@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader
 from hardctl import distributed
 
 from hardctl.augment.pool import POOL_DIR
-from hardctl.distill import rundir
+from hardctl.data.gpudecode import EncodedBatch, collate_encoded, encoded_view
+from hardctl.distill import rundir, speed
 from hardctl.distill.build import Components
 from hardctl.distill.hard import JOINT, Hard, HardSettings
 from hardctl.distill.losses import hard_objective, kd_divergence
@@ -71,16 +72,30 @@ class Trainer:
         self.reporter = (reporter or Reporter()) if main else Reporter()  # one progress display: rank 0's
         self.task, self.device, self.amp = components.task, components.device, components.amp
         self.student = self.task.student  # the module itself; under DDP the task calls the wrapper (student_ddp)
+        if self.cfg.channels_last:  # before DDP: its buckets take the parameters' final layout
+            speed.channels_last_modules(self.student, getattr(self.task, "teacher", None))
         if world > 1:
             self.student_ddp = self.wrap_student(sync_bn)
+        self.student_plain = self.student  # what the augmentor's steps call (no gradient sync)
+        if self.cfg.compile:
+            self.compile_models()
         # A last batch of a single image would crash batch-norm in train mode ("Expected more than 1 value per
         # channel", e.g. ResNets whose last feature map is 1×1), and one smaller than the world leaves a rank
         # without a batch: the sampler drops only those, so step counts stay those of the full epoch otherwise.
         self.sampler = EpochSampler(len(components.data.train), seed=self.cfg.seed, dist=self.dist,
                                     batch_size=self.cfg.batch_size)
         self.share = 1.0  # this rank's fraction of the current global batch (1 in a single process)
-        self.loader = DataLoader(components.data.train, batch_size=self.cfg.batch_size // world, sampler=self.sampler,
-                                 num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+        self.decoder = None  # --decode gpu: batches arrive as file bytes and are decoded in prepare_batch
+        train_set, collate = components.data.train, None
+        if self.cfg.decode == "gpu":
+            train_set, self.decoder = encoded_view(train_set, self.cfg.data)
+            collate = collate_encoded
+        sampler = self.sampler
+        if self.cfg.workers > 0:  # persistent workers learn each epoch from the indices (per-image seeds)
+            train_set, sampler = speed.EpochAware(train_set), speed.EpochIndices(self.sampler)
+        self.loader = DataLoader(train_set, batch_size=self.cfg.batch_size // world, sampler=sampler,
+                                 collate_fn=collate, **speed.loader_options(self.cfg.workers, self.device,
+                                                                             seed=self.cfg.seed, rank=self.dist.rank))
         params = self.student_params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.cfg.optimizer, params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         steps_per_epoch = len(self.loader)
@@ -121,13 +136,25 @@ class Trainer:
         self.task.student = wrapper
         return wrapper
 
+    def compile_models(self) -> None:
+        """``--compile``: the task calls compiled wrappers of the student (DDP's, under DDP) and the teacher; the
+        trainer keeps the plain modules for weights files, checkpoints and evaluation (no ``_orig_mod.``)."""
+        self.student_plain = speed.compile_module(self.student)
+        if self.dist.world_size > 1:
+            self.student_ddp = speed.compile_module(self.student_ddp)
+            self.task.student = self.student_ddp
+        else:
+            self.task.student = self.student_plain
+        if isinstance(self.task, DistillTask):
+            self.task.teacher = speed.compile_module(self.task.teacher)
+
     @contextmanager
     def plain_student(self):
         """The task calls the bare student: the augmentor's steps must not start a DDP gradient sync."""
         if self.dist.world_size == 1:
             yield
             return
-        self.task.student = self.student
+        self.task.student = self.student_plain
         try:
             yield
         finally:
@@ -202,8 +229,12 @@ class Trainer:
         The mixer draws from the global CPU generator, which the trainer seeds and checkpoints."""
         if index is not None:
             self.share = len(images) / self.sampler.global_batch(index, self.cfg.batch_size)
+        if isinstance(images, EncodedBatch):
+            images = self.decoder(images, self.device)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            images = speed.to_channels_last(images)
         if self.components.mixer is not None:
             images, labels = self.components.mixer(images, labels)
         return images, labels
@@ -516,7 +547,7 @@ class Trainer:
         if isinstance(self.scheduler, PlateauSchedule):
             summary["lr_decays"] = self.scheduler.decays
         if isinstance(self.task, DistillTask):
-            teacher, norm = self.task.teacher, self.task.teacher_normalize
+            teacher, norm = getattr(self.task.teacher, "_orig_mod", self.task.teacher), self.task.teacher_normalize
             summary["teacher"] = {"spec": self.cfg.teacher, "arch": self.components.teacher_info.arch,
                                   "test_acc": self.evaluate(data.test, teacher, norm)["acc"],
                                   "shifted_acc": self.evaluate(data.shifted_test, teacher, norm)["acc"]}

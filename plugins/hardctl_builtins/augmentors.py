@@ -25,6 +25,41 @@ from hardctl_builtins.hardmix import MixAugmentor
 from hardctl_builtins.vaeaug import RQVAEAugmentor, VDVAEAugmentor
 
 IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+_BASE_GRIDS: dict[tuple, torch.Tensor] = {}  # (H, W, device, dtype, align_corners) -> 1×HW×3 identity grid
+_BASE_GRIDS_MAX = 16  # a run sees one or two image sizes; visualize a few more
+
+
+def _linspace(steps: int, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """ATen's ``linspace_from_neg_one`` (AffineGridGenerator.cpp), op for op, so the cached grid is its grid."""
+    if steps <= 1:
+        return torch.zeros(1, device=device, dtype=dtype)
+    values = torch.linspace(-1, 1, steps, device=device, dtype=dtype)
+    return values if align_corners else values * (steps - 1) / steps
+
+
+def base_grid(height: int, width: int, device: torch.device, dtype: torch.dtype, align_corners: bool) -> torch.Tensor:
+    """The identity sampling grid ``[x, y, 1]`` of an ``height×width`` output as ``1×(H·W)×3``, built once per
+    shape, device and dtype. ``F.affine_grid`` rebuilds it (about six small kernels) on every call; on a GPU
+    the affine student step is launch-bound, so :func:`affine_grid` keeps only its one batched matmul."""
+    key = (height, width, torch.device(device), dtype, align_corners)
+    grid = _BASE_GRIDS.get(key)
+    if grid is None:
+        grid = torch.empty(height, width, 3, device=device, dtype=dtype)
+        grid[..., 0].copy_(_linspace(width, align_corners, device, dtype))
+        grid[..., 1].copy_(_linspace(height, align_corners, device, dtype).unsqueeze(-1))
+        grid[..., 2].fill_(1)
+        if len(_BASE_GRIDS) >= _BASE_GRIDS_MAX:
+            _BASE_GRIDS.clear()
+        grid = _BASE_GRIDS[key] = grid.view(1, height * width, 3)
+    return grid
+
+
+def affine_grid(theta: torch.Tensor, size: list[int], align_corners: bool) -> torch.Tensor:
+    """``F.affine_grid(theta, size, align_corners)`` for 2-D (N×2×3 ``theta``) with a cached base grid: the
+    same batched matmul ATen does (``base.bmm(θᵀ)``), so the grid is the same up to float rounding."""
+    n, _, height, width = size
+    base = base_grid(height, width, theta.device, theta.dtype, align_corners)
+    return base.expand(n, height * width, 3).bmm(theta.transpose(1, 2)).view(n, height, width, 2)
 
 
 class AffineAugmentor(Augmentor):
@@ -64,7 +99,7 @@ class AffineAugmentor(Augmentor):
         # The warp runs in float32 even under autocast: bf16 grid coordinates are off by a pixel at 224 px.
         with torch.autocast(device_type=x.device.type, enabled=False):
             theta = params["theta"].float()
-            grid = F.affine_grid(theta, list(x.shape), align_corners=self.align_corners)
+            grid = affine_grid(theta, list(x.shape), align_corners=self.align_corners)
             out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode=self.padding_mode,
                                 align_corners=self.align_corners)
         return out.clamp(0.0, 1.0)  # bilinear weights can overshoot [0, 1] by rounding
