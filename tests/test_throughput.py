@@ -244,3 +244,52 @@ def test_workers_run_an_imagefolder_like_one_process(cli, tmp_path, no_dropout):
     assert RunConfig.load(tmp_path / "w2").workers == 2
     assert losses(tmp_path / "w2") == losses(tmp_path / "w0")
     assert len(losses(tmp_path / "w0")) >= 4
+
+
+RECIPE = """\
+[recipe]
+name = "tiny-ddp"
+kind = "transfer"
+description = "two arms, one epoch, under two ranks"
+seeds = [0]
+
+[defaults]
+data = "digits"
+epochs = 1
+batch_size = 64
+amp = "off"
+
+[[arm]]
+id = "teacher"
+label = "Teacher only"
+command = "train"
+model = "mnist_mlp"
+
+[[arm]]
+id = "kd"
+label = "KD"
+command = "distill"
+teacher = "@teacher"
+model = "mnist_mlp"
+augmentor = "none"
+"""
+
+
+@pytest.mark.slow
+def test_recipe_under_two_ranks_writes_its_files_once(tmp_path):
+    """`recipes run` under torchrun: every rank trains each run together; rank 0 alone holds the --out lock and
+    writes results.json, results.md, recipe.toml and the runs' files."""
+    from test_ddp import launch, ok
+
+    recipe = tmp_path / "tiny-ddp.toml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "out"
+    results = launch(tmp_path, 2, "recipes", "run", recipe, "--out", out, "--json", timeout=300)
+    ok(results)
+    assert json.loads(results[0][1])["recipe"] == "tiny-ddp" and results[1][1] == ""  # rank 0 prints the table
+    written = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert [n for n in written if not n.startswith(".")] == ["recipe.toml", "results.json", "results.md"]
+    for arm in ("teacher", "kd"):
+        run = out / arm / "seed-0"
+        assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+        assert (run / "log.rank1.txt").is_file() and not any(p.name.endswith(".tmp") for p in run.iterdir())

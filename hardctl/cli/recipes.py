@@ -6,6 +6,7 @@ Thin: parsing and printing only; the runner is :mod:`hardctl.recipes`.
 from __future__ import annotations
 
 import json as jsonlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -163,6 +164,8 @@ def run_command(target: Target, seeds: Seeds = None, arms: Arms = None, set_: Se
                              progress=reporter)
     finally:
         reporter.close()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone prints the results
+        return
     if json:
         print(jsonlib.dumps(results, indent=2, sort_keys=True, default=str))
         return

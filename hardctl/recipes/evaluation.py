@@ -11,6 +11,7 @@ skipped with the eval engine's message (the paths looked for) and the recipe goe
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,9 +130,10 @@ def evaluate_model(model: str, cfg: RunConfig, suites: list[str], spec: EvalSpec
         "skipped": {s.name: s.skipped for _, s in pairs if s.skipped},
         "rows": rows,
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / EVAL_FILE) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every rank scored its shard; rank 0 writes
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / EVAL_FILE) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return record, "evaluated"
 
 

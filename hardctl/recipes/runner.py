@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,6 +18,13 @@ from hardctl.recipes.results import (PlannedRun, resumable, read_summary, collec
 from hardctl.recipes.overrides import apply_overrides, parse_overrides
 from hardctl.recipes.sections import EvalSpec
 from hardctl.recipes.spec import KINDS, Arm, Recipe, toy_module, describe_file, load_recipe, parse_recipe, recipe_path
+from hardctl.recipes.spec import RESOLVED_RECIPE, RESULTS_JSON, RESULTS_MD
+
+
+def _main_rank() -> bool:
+    """Whether this process writes the recipe's files: always, but under torchrun only rank 0 (every rank runs
+    the recipe's runs together, one at a time; a lock or a results file per rank would collide)."""
+    return int(os.environ.get("RANK", 0)) == 0
 
 
 def _select_arms(recipe: Recipe, arms: Iterable[str] | None, log) -> list[str]:
@@ -139,6 +147,9 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, seeds: Itera
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder", hint="pick another --out")
+    if not _main_rank():  # rank 0 holds the lock for the whole job
+        return _run_locked(recipe, out_dir, seeds=seeds, arms=arms, overrides=overrides, reuse=reuse,
+                           reporter=reporter)
     with locked_folder(out_dir):  # one `recipes run` per --out: a second one is refused (exit 2)
         return _run_locked(recipe, out_dir, seeds=seeds, arms=arms, overrides=overrides, reuse=reuse,
                            reporter=reporter)
@@ -236,6 +247,10 @@ class RecipeRuns:
                     " (replacing an unfinished run that cannot be resumed)")
                 self.reporter.log(f"{tag}: training into {p.run_dir}{why}")
             started = time.perf_counter()
+            from hardctl import distributed
+
+            distributed.setup(p.cfg.device)  # under torchrun: every rank has read the run's state before rank 0
+            distributed.barrier()  # replaces or resumes it (a no-op in one process)
             try:
                 train_run(p.cfg, p.run_dir, resume=resume, force=not resume, reporter=self.reporter)
             except DataError as exc:
@@ -274,6 +289,9 @@ class RecipeRuns:
                        out_dir=self.out_dir)
 
     def write(self) -> dict[str, Path]:
+        if not _main_rank():
+            return {"json": self.out_dir / RESULTS_JSON, "markdown": self.out_dir / RESULTS_MD,
+                    "recipe": self.out_dir / RESOLVED_RECIPE}
         return write_results(self.out_dir, self.collect(), self.recipe)
 
 
