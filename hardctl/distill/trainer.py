@@ -71,7 +71,8 @@ class Trainer:
         world, main = self.dist.world_size, self.dist.is_main
         self.reporter = (reporter or Reporter()) if main else Reporter()  # one progress display: rank 0's
         self.task, self.device, self.amp = components.task, components.device, components.amp
-        self.student = self.task.student  # the module itself; under DDP the task calls the wrapper (student_ddp)
+        # the module itself (a task another trainer compiled holds a wrapper); under DDP the task calls student_ddp
+        self.student = self.task.student = getattr(self.task.student, "_orig_mod", self.task.student)
         if self.cfg.channels_last:  # before DDP: its buckets take the parameters' final layout
             speed.channels_last_modules(self.student, getattr(self.task, "teacher", None))
         if world > 1:
@@ -146,7 +147,7 @@ class Trainer:
         else:
             self.task.student = self.student_plain
         if isinstance(self.task, DistillTask):
-            self.task.teacher = speed.compile_module(self.task.teacher)
+            self.task.teacher = speed.compile_module(getattr(self.task.teacher, "_orig_mod", self.task.teacher))
 
     @contextmanager
     def plain_student(self):
