@@ -274,12 +274,14 @@ def test_bare_distill_runs_the_default_recipe_and_caches_its_teacher(tmp_path, c
     teacher = tmp_path / "cache" / "teachers" / "digits-hard_mnist_cnn-e1-s0-shift"
     assert summary["teacher"]["spec"] == str(teacher) and (teacher / "model.safetensors").is_file()
     cfg = RunConfig.load(tmp_path / "run")
-    assert (cfg.l_min, cfg.aug_lr, cfg.lr) == (0.1, 0.01, 5e-3)  # the recipe's values, resolved into the run
-    again = cli("distill", "--out", tmp_path / "run2", "--l-min", "0.2", "--json")
+    assert (cfg.l_min, cfg.aug_lr, cfg.lr, cfg.clean_fraction) == (0.2, 0.01, 5e-3, 0.25)  # the recipe's, resolved
+    again = cli("distill", "--out", tmp_path / "run2", "--l-min", "0.15", "--json")
     assert again.code == 0 and "using the cached default teacher" in again.err
     assert "using the cached plain-KD baseline" in again.err  # --l-min changes HARD, not the KD baseline
     assert "running the default recipe" not in again.err  # an option was typed: only the teacher is defaulted
-    assert RunConfig.load(tmp_path / "run2").l_min == 0.2
+    assert RunConfig.load(tmp_path / "run2").l_min == 0.15
+    kd_cfg = RunConfig.load(kd["run_dir"])  # the baseline carries none of HARD's settings
+    assert (kd_cfg.clean_fraction, kd_cfg.l_min, kd_cfg.max_aug_steps) == (0.0, None, RunConfig.max_aug_steps)
 
 
 def test_the_main_job_prints_teacher_kd_and_hard_with_the_difference(tmp_path, cli, monkeypatch):
