@@ -26,6 +26,7 @@ from torch import nn
 
 from hardctl.atomic import atomic_path, os_reason
 from hardctl.errors import UsageError, shorten
+from hardctl.tomlio import read_yaml
 from hardctl.vae.archs import arch_of, config_from
 from hardctl.vae.statecheck import check_state_dict
 
@@ -285,14 +286,7 @@ def _config_file(arch: str, path: Path) -> Any:
         from hardctl.vae.rqvae import RQVAEConfig
 
         return RQVAEConfig.from_yaml(path)
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read VDVAE config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(path, "VDVAE config")
     if not isinstance(data, Mapping):
         raise UsageError(f"{path} must hold a mapping of VDVAE settings (image_size, width, enc_blocks, ...)")
     return config_from("vdvae", data)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hardctl.errors import UsageError
+from hardctl.tomlio import read_yaml
 
 _DD = ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks",
        "attn_resolutions", "dropout")
@@ -145,15 +146,8 @@ class RQVAEConfig:
     def from_yaml(cls, path: str | Path) -> "RQVAEConfig":
         """Read upstream's ``config.yaml`` (``arch.type: rq-vae``), filling omitted keys with upstream's
         defaults and ignoring the hparams upstream swallows (``ema``, ``use_padding_idx``, …)."""
-        import yaml
-
         path = Path(path)
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise UsageError(f"cannot read RQ-VAE config {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        doc = read_yaml(path, "RQ-VAE config")
         arch = doc.get("arch") if isinstance(doc, dict) else None
         if not isinstance(arch, dict) or arch.get("type") != "rq-vae":
             found = arch.get("type") if isinstance(arch, dict) else None
