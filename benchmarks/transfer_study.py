@@ -93,6 +93,8 @@ def score(run_dir: Path) -> dict:
             "test_acc": summary["student"]["test_acc"], "shifted_acc": summary["student"]["shifted_acc"],
             "switches": hard.get("switches"), "pool_size": hard.get("pool_size"),
             "aug_fraction": hard.get("aug_fraction"),
+            "teacher_test": (summary.get("teacher") or {}).get("test_acc"),
+            "teacher_shifted": (summary.get("teacher") or {}).get("shifted_acc"),
             # the convergence measurement: shifted validation accuracy per epoch and the student steps so far
             "curve": [(e["step"], e.get("val_shifted_acc")) for e in epochs]}
 
@@ -104,6 +106,16 @@ def fmt(summary: dict) -> str:
 def table(results: dict, variants: dict, seeds: list[int]) -> str:
     lines = ["| variant | what changes | val | val shifted | test | test shifted | switches | n |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    teachers = {}  # the teacher of each seed, as the runs scored it
+    for name in variants:
+        for seed in seeds:
+            run = results.get(name, {}).get(str(seed))
+            if run and run.get("teacher_test") is not None:
+                teachers[seed] = (run["teacher_test"], run["teacher_shifted"])
+    if teachers:
+        test, shifted = zip(*teachers.values())
+        lines.append(f"| teacher | the CNN every student distils from | | | {fmt(mean_sem(list(test)))} | "
+                     f"{fmt(mean_sem(list(shifted)))} | | {len(teachers)} |")
     for name, variant in variants.items():
         runs = [results[name][str(s)] for s in seeds if str(s) in results.get(name, {})]
         if not runs:
