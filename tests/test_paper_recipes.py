@@ -347,10 +347,12 @@ def summary_of(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_imagenet_resnet50_resnet18_every_arm(cli, imagenet, tmp_path):
-    """Teacher row (scored, not trained), student with Mixup/CutMix, KD with AugMix, HARD-Affine, HARD-Mix."""
+    """Teacher row (scored, not trained), student with Mixup/CutMix, KD with AugMix, HARD-Affine, HARD-Mix (the
+    HARD-VAE arms need a VAE file: test_imagenet_hard_vae_arms runs them)."""
     root, teacher = imagenet
     out = tmp_path / "out"
-    results, err = run_recipe_cli(cli, "imagenet-resnet50-resnet18", out, *SMALL, "--set", "batch_size=2",
+    results, err = run_recipe_cli(cli, "imagenet-resnet50-resnet18", out, *SMALL, "--arms",
+                                  "teacher,student,kd,hard-affine,hard-mix", "--set", "batch_size=2",
                                   "--set", "aug_batch_size=2", "--set", f"data=imagenet:{root}",
                                   "--set", f"teacher=resnet50:{teacher}", "--set", f"eval.data_root={tmp_path / 'none'}",
                                   "--set", "results.columns=centered,imagenet-val,imagenet-c mCE")

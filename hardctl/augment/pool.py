@@ -77,8 +77,11 @@ class AugmentorPool:
     def augment(self, index: int, images: torch.Tensor) -> torch.Tensor:
         return self.augmentor.forward_with(self.entries[index], images)
 
-    def load(self, count: int, device: torch.device) -> None:
-        """Re-read the first ``count`` entries from ``directory`` (resume); later files are stale and removed."""
+    def load(self, count: int, device: torch.device, *, directory: Path | None = None, prune: bool = True) -> None:
+        """Re-read the first ``count`` entries from ``directory`` (default: this pool's; resume); later files are
+        stale and removed when ``prune`` (only the process that writes the pool prunes it)."""
+        if directory is not None:
+            self.directory = Path(directory)
         files = sorted(self.directory.glob("pool-*.safetensors")) if self.directory is not None else []
         if len(files) < count:
             raise FileNotFoundError(f"the checkpoint names {count} pool entries but {self.directory} has {len(files)}")
@@ -87,5 +90,5 @@ class AugmentorPool:
             snapshot, info = read_entry(path, device)
             self.entries.append(snapshot)
             self.info.append(info)
-        for stale in files[count:]:
-            stale.unlink()
+        for stale in files[count:] if prune else ():
+            stale.unlink(missing_ok=True)
