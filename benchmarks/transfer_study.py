@@ -46,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hardctl.recipes.results import format_mean_sem as fmt  # noqa: E402  (the tables' one formatter)
 from hardctl.stats import mean_sem  # noqa: E402
 from hardctl.tomlio import read_toml  # noqa: E402
 
@@ -97,10 +98,6 @@ def score(run_dir: Path) -> dict:
             "teacher_shifted": (summary.get("teacher") or {}).get("shifted_acc"),
             # the convergence measurement: shifted validation accuracy per epoch and the student steps so far
             "curve": [(e["step"], e.get("val_shifted_acc")) for e in epochs]}
-
-
-def fmt(summary: dict) -> str:
-    return f"{summary['mean']:.1f}" + (f" ± {summary['sem']:.1f}" if summary["sem"] is not None else "")
 
 
 def table(results: dict, variants: dict, seeds: list[int]) -> str:
