@@ -121,7 +121,7 @@ def measure(args) -> dict:
                 return time.perf_counter() - start
             if kind == "aug-batch":
                 start = time.perf_counter()
-                hard.prepare_batch(*hard.hard.draw_batch(hard.components.data.train))
+                hard.prepare_batch(*hard.hard.draw_batch(hard.components.data.train)[:2])
                 sync(device)
                 return time.perf_counter() - start
             if kind == "augmentor":

@@ -153,7 +153,7 @@ def measure(setup: str, args) -> dict:
             if kind == "aug-batch":
                 trainer = next(iter(hard.values()))
                 start = time.perf_counter()
-                trainer.prepare_batch(*trainer.hard.draw_batch(trainer.components.data.train))
+                trainer.prepare_batch(*trainer.hard.draw_batch(trainer.components.data.train)[:2])
             elif kind.startswith("augmentor:"):
                 trainer = hard[kind.split(":")[1]]
                 trainer.hard.switch.force(AUGMENTOR, trainer.iteration)

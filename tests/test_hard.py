@@ -91,7 +91,7 @@ def test_one_augmentor_step_raises_the_student_teacher_loss(tmp_path, digits_tea
         return float(kd_divergence(trainer.student(task.student_normalize(x)), task.teacher_logits(x), 5.0).detach())
 
     gen_state = trainer.hard.batches.get_state()
-    images, _ = trainer.prepare_batch(*trainer.hard.draw_batch(trainer.components.data.train))
+    images, _ = trainer.prepare_batch(*trainer.hard.draw_batch(trainer.components.data.train)[:2])
     trainer.hard.batches.set_state(gen_state)  # the step sees the same batch
     before = l_st(images)
     params_before = [p.detach().clone() for p in aug.parameters()]

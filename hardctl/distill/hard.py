@@ -125,11 +125,13 @@ class Hard:
         if out is not None and not bool(torch.isfinite(out.detach()).all()):
             check_output(self.augmentor, out, out)
 
-    def draw_batch(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_batch(self, dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """An augmentor step's own batch of ``aug_batch_size`` training images (seeded, resumable): this rank's
-        rows ``rank::world_size`` of it."""
+        rows ``rank::world_size`` of it, as images, labels and their indices in ``dataset``."""
         picks = torch.randint(len(dataset), (self.cfg.aug_batch_size,), generator=self.batches)
-        return default_collate([dataset[i] for i in picks[self.rank :: self.world_size].tolist()])
+        picks = picks[self.rank :: self.world_size]
+        images, labels = default_collate([dataset[i] for i in picks.tolist()])
+        return images, labels, picks
 
     def draw_entry(self) -> int:
         """The pool entry a student step augments with (``--pool-sampling``)."""

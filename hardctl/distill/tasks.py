@@ -86,8 +86,10 @@ class DistillTask(nn.Module):
         return {**self.loss(logits, teacher_logits, labels), "logits": logits, "teacher_logits": teacher_logits}
 
     def invariance(self, teacher_logits: torch.Tensor, clean_images: torch.Tensor, *,
-                   temperature: float | None = None) -> torch.Tensor:
+                   temperature: float | None = None, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
         """HARD's teacher–teacher term ``L_tt = D[f_t(x̃), f_t(x)]``: how far the teacher's view of the
-        augmented batch (``teacher_logits``) moved from its view of the clean one (a constant target)."""
+        augmented batch (``teacher_logits``) moved from its view of the clean one (a constant target; pass it
+        as ``clean_logits`` when it is known already)."""
         t = self.temperature if temperature is None else temperature
-        return kd_divergence(teacher_logits, self.teacher_logits(clean_images), t)
+        target = clean_logits if clean_logits is not None else self.teacher_logits(clean_images)
+        return kd_divergence(teacher_logits, target, t)

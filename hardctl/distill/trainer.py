@@ -52,6 +52,7 @@ from hardctl.distill.progress import Reporter
 from hardctl.distill.sampling import DistInfo, EpochSampler
 from hardctl.distill.schedules import DECAY, STOP, PlateauSchedule, lr_lambda, make_optimizer
 from hardctl.distill.tasks import DistillTask
+from hardctl.distill.teachercache import CleanTeacherLogits
 from hardctl.device import autocast_for
 from hardctl.errors import TrainingError, UsageError
 from hardctl.eval import accuracy
@@ -124,6 +125,10 @@ class Trainer:
         if components.augmentor is not None:
             self.hard = Hard(components.augmentor, HardSettings.from_config(self.cfg), device=self.device, amp=self.amp,
                              pool_dir=self.run_dir / POOL_DIR if main else None, rank=self.dist.rank, world_size=world)
+        # the teacher's logits on the clean training images, computed once for all augmentor steps (a third of one)
+        self.clean_logits = (CleanTeacherLogits.for_run(self.task, components.data.train, mixer=components.mixer,
+                                                        num_classes=components.data.num_classes, device=self.device)
+                             if self.hard is not None and not self.hard.joint else None)
         if world > 1 and not main:  # each rank its own random stream (ε, MixUp); the student was seeded alike
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank)
 
@@ -262,7 +267,8 @@ class Trainer:
         """One augmentor step on its own batch: ascend ``λ_s·L_st − λ_t·L_tt``, student and teacher frozen.
         Returns its step record, with the switching statistic ``aug_error``."""
         hard, cfg = self.hard, self.cfg
-        images, labels = self.prepare_batch(*hard.draw_batch(self.components.data.train))  # mixed like the student's
+        images, labels, picks = hard.draw_batch(self.components.data.train)
+        images, labels = self.prepare_batch(images, labels)  # mixed like the student's
         self.student.eval()  # dropout/batch-norm must not react to the augmentor's batches
         with autocast_for(self.device, self.amp), self.plain_student():
             augmented = hard.augmentor(images)
@@ -270,8 +276,12 @@ class Trainer:
             out = self.task(augmented, labels, input_grad=True)  # gradients reach x̃ through both models
             l_st = self.augmentor_kd(out)
             # the invariance term needs the teacher on the clean batch too: skipped when λ_t = 0
-            l_tt = (self.task.invariance(out["teacher_logits"], images, temperature=cfg.aug_temperature)
-                    if cfg.lambda_t else torch.zeros(()))
+            if cfg.lambda_t:
+                clean = self.clean_logits(picks) if self.clean_logits is not None else None
+                l_tt = self.task.invariance(out["teacher_logits"], images, temperature=cfg.aug_temperature,
+                                            clean_logits=clean)
+            else:
+                l_tt = torch.zeros(())
         self.student.train()
         loss = -hard_objective(l_st, l_tt.to(l_st.device), lambda_s=cfg.lambda_s, lambda_t=cfg.lambda_t)
         self.check_finite(loss, "the augmentor's loss")
