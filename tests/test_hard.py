@@ -274,7 +274,7 @@ def test_bare_distill_runs_the_default_recipe_and_caches_its_teacher(tmp_path, c
     teacher = tmp_path / "cache" / "teachers" / "digits-hard_mnist_cnn-e1-s0-shift"
     assert summary["teacher"]["spec"] == str(teacher) and (teacher / "model.safetensors").is_file()
     cfg = RunConfig.load(tmp_path / "run")
-    assert (cfg.l_min, cfg.aug_lr, cfg.lr, cfg.clean_fraction) == (0.2, 0.01, 5e-3, 0.25)  # the recipe's, resolved
+    assert (cfg.l_min, cfg.aug_lr, cfg.lr, cfg.clean_fraction) == (0.2, 0.02, 5e-3, 0.25)  # the recipe's, resolved
     again = cli("distill", "--out", tmp_path / "run2", "--l-min", "0.15", "--json")
     assert again.code == 0 and "using the cached default teacher" in again.err
     assert "using the cached plain-KD baseline" in again.err  # --l-min changes HARD, not the KD baseline

@@ -137,7 +137,7 @@ def test_builtin_transfer_digits_resolves_to_the_papers_arms():
     hard = configs["hard-affine"]
     assert (hard.command, hard.augmentor, hard.model, hard.seed) == ("distill", "affine", "mnist_mlp", 1)
     assert (hard.data, hard.epochs, hard.lr, hard.batch_size, hard.temperature) == ("digits", 100, 5e-3, 128, 5.0)
-    assert (hard.l_min, hard.aug_lr, hard.clean_fraction) == (0.2, 0.01, 0.25)  # as the transfer study chose
+    assert (hard.l_min, hard.aug_lr, hard.max_aug_steps, hard.clean_fraction) == (0.2, 0.02, 50, 0.25)  # the study's choice
     assert (configs["teacher"].augment, configs["teacher"].epochs) == ("shift", 30)
     fixed = configs["hard-affine-fixed"]  # the ablation: the same arm with the augmentor never trained
     assert (fixed.l_min, fixed.clean_fraction, fixed.augmentor) == (0.0, 0.25, "affine")

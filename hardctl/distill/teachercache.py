@@ -25,7 +25,7 @@ from hardctl.data import TensorImages
 
 __all__ = ["CleanTeacherLogits", "serves_stored_images"]
 
-MAX_ENTRIES = 20_000_000  # images × classes kept at most (80 MB of float32): CIFAR-100's 50,000 × 100 is, ImageNet's is not
+MAX_ENTRIES = 20_000_000  # images × classes kept at most (80 MB of float32): CIFAR-100 fits, ImageNet does not
 
 
 def serves_stored_images(dataset: Dataset) -> bool:
