@@ -54,6 +54,7 @@ from torch import nn
 
 from hardctl.atomic import atomic_path
 from hardctl.augment import build_augmentor
+from hardctl.codeversion import code_version, describe
 from hardctl.config import threshold_problem
 from hardctl.distill.hard import Hard, HardSettings
 from hardctl.distill.losses import hard_objective
@@ -317,7 +318,8 @@ def run_toy(settings: ToySettings | None = None, out_dir: str | Path = "toy", *,
         ordering = min(means, key=means.get) == "hard" and max(means, key=means.get) == "baseline"
         seeds_won = sum(h < b for h, b in zip(table["hard"]["mse"], table["baseline"]["mse"]))
     wall = time.perf_counter() - started
-    result = {"table": table, "arms": arms, "seeds": seeds, "ordering_holds": ordering,
+    code = code_version()  # the hardctl version and commit that made this table
+    result = {"code": code, "table": table, "arms": arms, "seeds": seeds, "ordering_holds": ordering,
               "hard_beats_baseline_seeds": seeds_won, "wall_s": round(wall, 1),
               "settings": _jsonable(dataclasses.asdict(s)), "runs": runs,
               "files": {name: str(out / name) for name in ("toy.png", "results.json", "results.md")}}
@@ -326,7 +328,7 @@ def run_toy(settings: ToySettings | None = None, out_dir: str | Path = "toy", *,
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(_dumps(result))
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(markdown_table(table, seeds, s, ordering, wall))
+        tmp.write_text(markdown_table(table, seeds, s, ordering, wall, code=code))
     return result
 
 
@@ -337,7 +339,7 @@ def _dumps(obj: Any) -> str:
 
 
 def markdown_table(table: dict[str, dict[str, Any]], seeds: list[int], s: ToySettings, ordering: bool | None,
-                   wall_s: float) -> str:
+                   wall_s: float, code: dict[str, Any] | None = None) -> str:
     ranges = " ∪ ".join(f"[{lo:g}, {hi:g}]" for lo, hi in s.train_ranges)
     lines = ["# Toy example (paper section 3, figure 2)", "",
              (f"Teacher cos(x), student 3-layer ReLU MLP (width {s.width}), {s.iterations} student updates "
@@ -353,7 +355,7 @@ def markdown_table(table: dict[str, dict[str, Any]], seeds: list[int], s: ToySet
         wins = sum(h < b for h, b in zip(table["hard"]["mse"], table["baseline"]["mse"]))
         lines.append(f"Paper's ordering (HARD best, baseline worst): {'holds' if ordering else 'does NOT hold'}; "
                      f"HARD below baseline in {wins}/{len(seeds)} seeds.")
-    lines.append(f"Wall time: {wall_s:.0f} s.")
+    lines.append(f"Wall time: {wall_s:.0f} s." + (f" Made by {describe(code)}." if code else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,9 @@ def test_run_toy_writes_loadable_files(tmp_path):
     assert data["table"] == result["table"]
     text = (out / "results.md").read_text()
     assert "| HARD noise |" in text and "| Baseline (KD) |" in text
+    from hardctl import __version__
+    assert data["code"]["hardctl"] == __version__  # which code made the table (issue 12)
+    assert f"Made by hardctl {__version__}" in text
 
 
 def test_same_seed_same_result_and_arms_differ():
