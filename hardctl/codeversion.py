@@ -1,4 +1,4 @@
-"""Which code made a result: the hardctl version and, in a git checkout, the commit (for summaries and tables).
+"""Which code made a result: the hardctl version and the commit of its git checkout or `git archive` export.
 
 A table in the README or ``docs/`` must say what produced it, and ``recipes run`` must not silently reuse a
 run that an older hardctl made: both read :func:`code_version`.
@@ -7,13 +7,16 @@ run that an older hardctl made: both read :func:`code_version`.
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import hardctl
 
-__all__ = ["code_version", "describe"]
+__all__ = ["archive_commit", "code_version", "describe"]
+
+ARCHIVE_COMMIT = Path(hardctl.__file__).resolve().parent / "ARCHIVE_COMMIT"
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,8 +32,19 @@ def code_version() -> dict[str, Any]:
                                 capture_output=True, text=True, timeout=10, check=True).stdout
         dirty = bool(status.strip())
     except (OSError, subprocess.SubprocessError):
-        pass
+        commit = archive_commit()
     return {"hardctl": hardctl.__version__, "commit": commit, "dirty": dirty}
+
+
+def archive_commit(path: Path = ARCHIVE_COMMIT) -> str | None:
+    """The commit ``git archive`` wrote into ``ARCHIVE_COMMIT`` (``export-subst`` in ``.gitattributes``): a tree
+    exported with ``git archive`` (or a forge's source tarball) has no ``.git`` but still knows its commit. A
+    checkout's copy holds the unexpanded placeholder, which is None."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text if re.fullmatch(r"[0-9a-f]{40}", text) else None
 
 
 def describe(code: dict[str, Any] | None) -> str:
