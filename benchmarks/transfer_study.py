@@ -96,6 +96,7 @@ def score(run_dir: Path) -> dict:
             "aug_fraction": hard.get("aug_fraction"),
             "teacher_test": (summary.get("teacher") or {}).get("test_acc"),
             "teacher_shifted": (summary.get("teacher") or {}).get("shifted_acc"),
+            "commit": (summary.get("code") or {}).get("commit"),  # the code that trained it (None: unknown)
             # the convergence measurement: shifted validation accuracy per epoch and the student steps so far
             "curve": [(e["step"], e.get("val_shifted_acc")) for e in epochs]}
 
