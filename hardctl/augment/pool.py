@@ -77,18 +77,18 @@ class AugmentorPool:
     def augment(self, index: int, images: torch.Tensor) -> torch.Tensor:
         return self.augmentor.forward_with(self.entries[index], images)
 
-    def load(self, count: int, device: torch.device, *, directory: Path | None = None, prune: bool = True) -> None:
-        """Re-read the first ``count`` entries from ``directory`` (default: this pool's; resume); later files are
-        stale and removed when ``prune`` (only the process that writes the pool prunes it)."""
-        if directory is not None:
-            self.directory = Path(directory)
-        files = sorted(self.directory.glob("pool-*.safetensors")) if self.directory is not None else []
+    def load(self, count: int, device: torch.device, *, directory: Path | None = None) -> None:
+        """Re-read the first ``count`` entries from ``directory`` (default: this pool's; resume). Later files are
+        stale: a pool that writes files (it has a directory of its own) removes them; a pool that only reads
+        another process's files (a torchrun rank above 0) leaves them to that process."""
+        source = Path(directory) if directory is not None else self.directory
+        files = sorted(source.glob("pool-*.safetensors")) if source is not None else []
         if len(files) < count:
-            raise FileNotFoundError(f"the checkpoint names {count} pool entries but {self.directory} has {len(files)}")
+            raise FileNotFoundError(f"the checkpoint names {count} pool entries but {source} has {len(files)}")
         self.entries, self.info = [], []
         for path in files[:count]:
             snapshot, info = read_entry(path, device)
             self.entries.append(snapshot)
             self.info.append(info)
-        for stale in files[count:] if prune else ():
+        for stale in files[count:] if self.directory is not None else ():
             stale.unlink(missing_ok=True)

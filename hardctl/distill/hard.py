@@ -211,11 +211,8 @@ class Hard:
         self.optimizer.load_state_dict(state["aug_optimizer"])
         self.scaler.load_state_dict(state["aug_scaler"])
         self.switch.load_state_dict(state["switch"])
-        # every rank reads the pool files, but only rank 0 writes them (and removes stale ones): another rank that
-        # kept the directory would race rank 0 on the same file names
-        self.pool.load(state["pool_size"], device, directory=Path(run_dir) / POOL_DIR, prune=self.rank == 0)
-        if self.rank != 0:
-            self.pool.directory = None
+        # every rank reads the pool files, but only rank 0's pool has the directory to write (and prune) them
+        self.pool.load(state["pool_size"], device, directory=Path(run_dir) / POOL_DIR)
         self.batches.set_state(state["aug_batches"])
         if "entry_draws" in state:  # checkpoints of versions that drew entries from the global RNG lack it
             self.entry_draws.set_state(state["entry_draws"])

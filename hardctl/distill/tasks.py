@@ -85,11 +85,10 @@ class DistillTask(nn.Module):
             teacher_logits = self.teacher_logits(images)
         return {**self.loss(logits, teacher_logits, labels), "logits": logits, "teacher_logits": teacher_logits}
 
-    def invariance(self, teacher_logits: torch.Tensor, clean_images: torch.Tensor, *,
-                   temperature: float | None = None, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def invariance(self, teacher_logits: torch.Tensor, clean_logits: torch.Tensor, *,
+                   temperature: float | None = None) -> torch.Tensor:
         """HARD's teacher–teacher term ``L_tt = D[f_t(x̃), f_t(x)]``: how far the teacher's view of the
-        augmented batch (``teacher_logits``) moved from its view of the clean one (a constant target; pass it
-        as ``clean_logits`` when it is known already)."""
+        augmented batch (``teacher_logits``) moved from its view of the clean one (``clean_logits``, a constant
+        target: :meth:`teacher_logits` of the clean batch)."""
         t = self.temperature if temperature is None else temperature
-        target = clean_logits if clean_logits is not None else self.teacher_logits(clean_images)
-        return kd_divergence(teacher_logits, target, t)
+        return kd_divergence(teacher_logits, clean_logits, t)

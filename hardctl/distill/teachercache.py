@@ -48,7 +48,7 @@ class CleanTeacherLogits:
     def for_run(cls, task, train: Dataset, *, num_classes: int, device: torch.device,
                 mixer=None) -> "CleanTeacherLogits | None":
         """The table for a run's augmentor steps, or None where it would not be the same computation."""
-        if mixer is not None or not hasattr(task, "teacher_logits") or not serves_stored_images(train):
+        if mixer is not None or not serves_stored_images(train):
             return None
         if len(train) * num_classes > MAX_ENTRIES:
             return None

@@ -276,12 +276,8 @@ class Trainer:
             out = self.task(augmented, labels, input_grad=True)  # gradients reach x̃ through both models
             l_st = self.augmentor_kd(out)
             # the invariance term needs the teacher on the clean batch too: skipped when λ_t = 0
-            if cfg.lambda_t:
-                clean = self.clean_logits(picks) if self.clean_logits is not None else None
-                l_tt = self.task.invariance(out["teacher_logits"], images, temperature=cfg.aug_temperature,
-                                            clean_logits=clean)
-            else:
-                l_tt = torch.zeros(())
+            l_tt = (self.task.invariance(out["teacher_logits"], self.clean_teacher_logits(images, picks),
+                                         temperature=cfg.aug_temperature) if cfg.lambda_t else torch.zeros(()))
         self.student.train()
         loss = -hard_objective(l_st, l_tt.to(l_st.device), lambda_s=cfg.lambda_s, lambda_t=cfg.lambda_t)
         self.check_finite(loss, "the augmentor's loss")
@@ -296,6 +292,11 @@ class Trainer:
             "loss": float(loss.detach()), "l_st": float(l_st.detach()), "l_tt": float(l_tt.detach()),
             "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
         }, 1.0 / self.dist.world_size)
+
+    def clean_teacher_logits(self, images: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits on an augmentor step's clean batch (training images ``picks``): rows of the run's
+        table where it has one, else a teacher forward."""
+        return self.clean_logits(picks) if self.clean_logits is not None else self.task.teacher_logits(images)
 
     def joint_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         """Augmentor and student in one step (no teacher–teacher term, HARD-Mix): the student descends its KD
