@@ -79,14 +79,16 @@ def test_installed_example_trains_in_a_composition_with_a_builtin(brightness_sit
     assert hard["augmentor"] == "brightness+affine" and hard["mode"] == "phases"
     expected = {"brightness.gain_sigma_init": 0.2, "brightness.bias_sigma_init": 0.05, "brightness.pivot": 0.25,
                 "brightness.per_channel": False, "affine.sigma_init": 0.01, "affine.padding_mode": "border",
-                "affine.align_corners": False, "affine.min_sigma": 0.0}
+                "affine.align_corners": False, "affine.min_sigma": 0.0,
+                "brightness.lr": 0.02, "affine.lr": 0.05}  # each part's own registered learning rate
     assert hard["options"] == expected
     assert hard["aug_steps"] >= 2 and hard["pool_size"] >= 2 and hard["student_steps"] == summary["steps"]
 
     config = RunConfig.load(out)  # the run directory's config.toml, resolved
     assert config.augmentor == "brightness+affine"
     assert config.aug_options == expected
-    # a composition takes its first part's HARD defaults (brightness's learning rate) unless a flag is given
+    # a composition takes its first part's HARD defaults (brightness's; aug_lr is its learning rate) unless a flag
+    # is given
     assert config.aug_lr == 0.02 and config.aug_batch_size == 16 and config.l_min == 0.99
 
     first, *_, last = (read_entry(p)[0] for p in pool_files(out))

@@ -432,16 +432,21 @@ def test_vae_arms_hold_appendix_a():
         cfg, recipe = configs(name), load_recipe(name)
         for arm, augmentor in (("hard-vae", arch), ("hard-vae-affine", f"{arch}+affine")):
             c = cfg[arm]
-            assert recipe.config(recipe.arm(arm), 0).aug_options == {"weights": VAE_FILES[arch]}
+            # the composition's warp trains at the affine augmentor's paper rate, the VAE at its 1e-4
+            assert recipe.config(recipe.arm(arm), 0).aug_options == \
+                {"weights": VAE_FILES[arch], **({"affine.lr": 0.05} if "+" in augmentor else {})}
             # resolved: the file as an absolute path, the other options at the plugin's defaults (section 4.1)
             # (a composition keys them PART.KEY)
             part = "" if arm == "hard-vae" else f"{arch}."
-            vae = {k[len(part):]: v for k, v in c.aug_options.items() if k.startswith(part) and "affine." not in k}
+            vae = {k[len(part):]: v for k, v in c.aug_options.items()
+                   if k.startswith(part) and "affine." not in k and k != f"{arch}.lr"}
             assert vae == {"weights": str(Path(VAE_FILES[arch]).absolute()),
                            **({"start": 10, "eps_scale": 1.0} if arch == "vdvae" else
                               {"noise_site": "pre_quant", "noise_init": 0.01})}, (name, arm)
             assert (c.command, c.augmentor) == ("distill", augmentor)
             assert (c.aug_batch_size, c.aug_lr, c.lambda_s, c.lambda_t) == (160, 1e-4, 1.0, 1.0), (name, arm)
+            if "+" in augmentor:
+                assert (c.aug_options[f"{arch}.lr"], c.aug_options["affine.lr"]) == (1e-4, 0.05), (name, arm)
             # appendix A.1's VAE thresholds; ResNet101* -> ResNet18 has the paper's own 5 %/40 %/10
             expected = (0.05, 0.40, 10) if name == "cifar10-resnet101-resnet18" else (0.10, 0.60, 5)
             assert (c.l_min, c.l_max, c.switch_patience) == expected, (name, arm)
@@ -469,8 +474,8 @@ def test_missing_vae_file_names_convert_url_and_flag(cli, data_root, imagenet, t
     assert f"arm 'hard-vae': augmentor weights file {tmp_path / VAE_FILES[arch]} does not exist" in line
     assert (VDVAE_URL if cifar else RQVAE_URL) in line and f"--arch {arch} --out {VAE_FILES[arch]}" in line
     stem = Path(VAE_FILES[arch]).name
-    for arm in ("hard-vae", "hard-vae-affine"):  # once each, though the recipe has three seeds
-        assert line.count(f"--set '{arm}.aug_options={{weights = \"/path/to/{stem}\"}}'") == 1
+    for arm, rest in (("hard-vae", ""), ("hard-vae-affine", ', "affine.lr" = 0.05')):  # once each, of three seeds
+        assert line.count(f"--set '{arm}.aug_options={{weights = \"/path/to/{stem}\"{rest}}}'") == 1
     assert not (tmp_path / "out").exists()
 
 

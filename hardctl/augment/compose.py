@@ -3,6 +3,11 @@
 Names resolve through the plugin registry (:data:`hardctl.plugins.augmentors`), so a composition may mix
 built-in and third-party augmentors. Options arrive as ``KEY=VALUE`` strings (or TOML values); in a
 composition ``PART.KEY=VALUE`` addresses one part, and a bare ``KEY`` is fine when one part owns it.
+
+A composition's parts train with one optimiser but each at its own learning rate, because their scales differ
+by orders of magnitude (a pretrained VAE is wrecked by an affine warp's steps, and at a VAE's rate the warp never
+leaves the identity). ``PART.lr`` sets one part's; without it a part takes ``--aug-lr`` when given, else its own
+registered HARD default. :func:`resolved_options` records every part's rate, so a resumed run keeps them.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from hardctl.augment.base import Augmentor, HardDefaults, Option
 from hardctl.errors import TrainingError, UsageError, did_you_mean
 
 __all__ = ["AugmentorSpec", "Compose", "build_augmentor", "check_module", "check_options", "resolve", "split_name",
-           "check_output", "NONE"]
+           "check_output", "part_learning_rates", "NONE", "PART_LR"]
 
 NONE = "none"  # --augmentor none: plain KD
+PART_LR = "lr"  # a composition part's learning rate: a PART.lr option of the composition, not of the part's constructor
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,22 @@ def resolve(name: str) -> list[AugmentorSpec]:
     return [AugmentorSpec.from_entry(plugins.augmentors.get(part)) for part in split_name(name)]
 
 
+def _part_lr_option(spec: AugmentorSpec) -> Option:
+    return Option(PART_LR, float, spec.hard_defaults.lr, "this part's augmentor learning rate (Adam) in a composition",
+                  min=0.0, min_inclusive=False)
+
+
+def _options_of(specs: list[AugmentorSpec], i: int) -> tuple[Option, ...]:
+    """Part ``i``'s options; in a composition also its learning rate (``PART.lr``)."""
+    return specs[i].options + ((_part_lr_option(specs[i]),) if len(specs) > 1 else ())
+
+
 def _parse_options(specs: list[AugmentorSpec], raw: dict[str, Any]) -> list[dict[str, Any]]:
     per_part: list[dict[str, Any]] = [{} for _ in specs]
     names = [s.name for s in specs]
+    if len(specs) == 1 and PART_LR in raw and not any(o.name == PART_LR for o in specs[0].options):
+        raise UsageError(f"augmentor option {PART_LR!r} is not an option of {names[0]!r}",
+                         hint=f"set its learning rate with --aug-lr (PART.{PART_LR} is for the parts of a composition)")
     for key, value in raw.items():
         if "." in key:
             part, option = key.split(".", 1)
@@ -71,16 +90,16 @@ def _parse_options(specs: list[AugmentorSpec], raw: dict[str, Any]) -> list[dict
             targets = [i for i, s in enumerate(specs) if s.name == part]
         else:
             option = key
-            targets = [i for i, s in enumerate(specs) if any(o.name == option for o in s.options)]
+            targets = [i for i in range(len(specs)) if any(o.name == option for o in _options_of(specs, i))]
             if len(targets) > 1:
                 raise UsageError(f"augmentor option {key!r} is ambiguous in {'+'.join(names)}",
                                  hint=f"write it as PART.{key}, e.g. {names[targets[0]]}.{key}")
             if not targets:
-                known = sorted({o.name for s in specs for o in s.options})
+                known = sorted({o.name for i in range(len(specs)) for o in _options_of(specs, i)})
                 raise UsageError(f"unknown augmentor option {key!r} for {'+'.join(names)}{did_you_mean(key, known)}",
                                  hint=f"its options: {', '.join(known) or 'none'}")
         for i in targets:
-            by_name = {o.name: o for o in specs[i].options}
+            by_name = {o.name: o for o in _options_of(specs, i)}
             if option not in by_name:
                 raise UsageError(f"unknown option {option!r} for augmentor {specs[i].name!r}"
                                  f"{did_you_mean(option, list(by_name))}",
@@ -89,16 +108,37 @@ def _parse_options(specs: list[AugmentorSpec], raw: dict[str, Any]) -> list[dict
     return per_part
 
 
-def resolved_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:
-    """Every option of ``name`` with its value (defaults filled in), keyed as ``PART.KEY`` for compositions."""
+def resolved_options(name: str, raw: dict[str, Any], *, aug_lr: float | None = None) -> dict[str, Any]:
+    """Every option of ``name`` with its value (defaults filled in), keyed as ``PART.KEY`` for compositions.
+
+    A composition's entries include each part's learning rate ``PART.lr``: the one given, else ``aug_lr``
+    (``--aug-lr``, when set), else the part's registered HARD default."""
     specs = resolve(name)
     chosen = _parse_options(specs, raw)
     out: dict[str, Any] = {}
-    for spec, values in zip(specs, chosen):
-        for option in spec.options:
+    for i, (spec, values) in enumerate(zip(specs, chosen)):
+        for option in _options_of(specs, i):
             key = option.name if len(specs) == 1 else f"{spec.name}.{option.name}"
-            out[key] = values.get(option.name, option.default)
+            default = aug_lr if option.name == PART_LR and aug_lr is not None else option.default
+            out[key] = values.get(option.name, default)
     return out
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def part_learning_rates(augmentor: nn.Module, options: dict[str, Any], aug_lr: float) -> list[tuple[str, list, float]]:
+    """The trainable parameters of ``augmentor`` grouped with their learning rates, as (part, parameters, lr):
+    one group per part of a composition at its resolved ``PART.lr``, else one group (part ``""``) at ``aug_lr``.
+    A composition run of an older version recorded no ``PART.lr``: it keeps its single group (and so its
+    checkpointed optimiser state). Parts with nothing to train are left out."""
+    keys = [f"{name}.{PART_LR}" for name in getattr(augmentor, "part_names", ())]
+    if not keys or not all(key in options for key in keys):
+        return [("", _trainable(augmentor), aug_lr)]
+    groups = [(name, _trainable(part), float(options[key]))
+              for part, name, key in zip(augmentor.parts, augmentor.part_names, keys)]
+    return [group for group in groups if group[1]]
 
 
 def check_options(spec: AugmentorSpec) -> None:
@@ -197,7 +237,8 @@ class Compose(Augmentor):
     """Parts applied in order (``vdvae+affine``: the VAE first, the warp on its output), trained together.
 
     It uses the teacher–teacher term (and phases) only if every part does; its HARD defaults are the
-    first part's, so ``vdvae+affine`` keeps the VAE's thresholds and learning rate. Snapshots and draws
+    first part's, so ``vdvae+affine`` keeps the VAE's thresholds, while each part trains at its own learning
+    rate (``PART.lr``, see :func:`part_learning_rates`). Snapshots and draws
     are flat dicts keyed ``parts.I.KEY`` (each part's own snapshot / draw under a prefix), so the pool,
     safetensors and ``forward_with`` treat a composition like any augmentor.
     """

@@ -23,7 +23,8 @@ Augmentor = Annotated[str, typer.Option("--augmentor", "-a", rich_help_panel=HAR
     "Learned augmentor: affine | noise | mix (HARD-Mix) | a plugin's | several joined with +, "
     "e.g. noise+affine | none (plain KD). `hardctl plugins --augmentors` lists the installed ones."))]
 AugOpt = Annotated[Optional[list[str]], typer.Option("--aug-opt", rich_help_panel=HARD, metavar="KEY=VALUE", help=(
-    "Augmentor option (repeatable), e.g. sigma_init=0.05; PART.KEY in a composition. "
+    "Augmentor option (repeatable), e.g. sigma_init=0.05; PART.KEY in a composition, where PART.lr=X sets one "
+    "part's learning rate (e.g. affine.lr=0.02). "
     "`hardctl plugins --augmentors` lists each augmentor's options."))]
 LMin = Annotated[Optional[float], typer.Option("--l-min", rich_help_panel=HARD, help=(
     f"Switch student -> augmentor when the student's error on augmented data stays below this. {_from_augmentor('0.05', 'unused')}"))]
@@ -35,7 +36,8 @@ LambdaS = Annotated[Optional[float], typer.Option("--lambda-s", rich_help_panel=
     f"Weight of the student–teacher loss the augmentor maximises. {_from_augmentor('1.0', '1.0')}"))]
 LambdaT = Annotated[Optional[float], typer.Option("--lambda-t", rich_help_panel=HARD, help=(
     f"Weight of the teacher–teacher (invariance) loss the augmentor minimises. {_from_augmentor('1.0', '0.0')}"))]
-AugLr = Annotated[Optional[float], typer.Option("--aug-lr", rich_help_panel=HARD, help=f"Augmentor learning rate (Adam). {_from_augmentor('0.05', '0.01')}")]
+AugLr = Annotated[Optional[float], typer.Option("--aug-lr", rich_help_panel=HARD, help=f"Augmentor learning rate (Adam); in a composition, of every part without its own PART.lr (each part "
+    f"defaults to its own). {_from_augmentor('0.05', '0.01')}")]
 AugBatch = Annotated[Optional[int], typer.Option("--aug-batch-size", rich_help_panel=HARD, help=(
     f"Images per augmentor step. {_from_augmentor('128', 'unused')}"))]
 SwitchOn = Annotated[str, typer.Option("--switch-on", rich_help_panel=HARD, help=(

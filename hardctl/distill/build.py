@@ -61,8 +61,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         return cfg
     if cfg.aug_temperature is None:  # the augmentor's objective at the KD temperature unless told otherwise
         cfg = dataclasses.replace(cfg, aug_temperature=cfg.temperature)
-    defaults = resolve(cfg.augmentor)[0].hard_defaults  # a composition takes its first part's
-    return cfg.with_hard_defaults(defaults, resolved_options(cfg.augmentor, cfg.aug_options))
+    defaults = resolve(cfg.augmentor)[0].hard_defaults  # a composition takes its first part's (but each part's lr)
+    return cfg.with_hard_defaults(defaults, resolved_options(cfg.augmentor, cfg.aug_options, aug_lr=cfg.aug_lr))
 
 
 def build(cfg: RunConfig) -> Components:

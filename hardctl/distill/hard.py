@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from hardctl.augment import AugmentorPool, check_output
+from hardctl.augment import AugmentorPool, check_output, part_learning_rates
 from hardctl.augment.pool import POOL_DIR
 from hardctl.distill.phases import AUGMENTOR, STUDENT, PhaseSwitch
 from hardctl.errors import TrainingError
@@ -84,10 +84,13 @@ class Hard:
         self.augmentor, self.cfg = augmentor, cfg
         # the registration says whether the augmentor has a teacher–teacher term (see hardctl.augment)
         self.mode = PHASES if getattr(augmentor, "teacher_term", True) else JOINT
-        self.params = [p for p in augmentor.parameters() if p.requires_grad]
+        # one Adam, a parameter group per part of a composition at that part's learning rate
+        groups = part_learning_rates(augmentor, cfg.aug_options, cfg.aug_lr)
+        self.params = [p for _, params, _ in groups for p in params]
         if not self.params:
             raise TrainingError(f"augmentor {cfg.augmentor!r} has no trainable parameters")
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.aug_lr)
+        self.learning_rates = " + ".join(f"{name} {lr:g}" if name else f"{lr:g}" for name, _, lr in groups)
+        self.optimizer = torch.optim.Adam([{"params": params, "lr": lr} for _, params, lr in groups], lr=cfg.aug_lr)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.switch = PhaseSwitch(cfg.l_min, cfg.l_max, cfg.switch_patience)
         self.pool = AugmentorPool(augmentor, pool_dir)
@@ -194,7 +197,7 @@ class Hard:
     def describe(self) -> str:
         c = self.cfg
         return (f"HARD: augmentor {c.augmentor} ({self.mode}), l_min {c.l_min}, l_max {c.l_max}, patience "
-                f"{c.switch_patience}, lambda_s {c.lambda_s}, lambda_t {c.lambda_t}, augmentor lr {c.aug_lr}, "
+                f"{c.switch_patience}, lambda_s {c.lambda_s}, lambda_t {c.lambda_t}, augmentor lr {self.learning_rates}, "
                 f"batch {c.aug_batch_size}, error against {c.switch_on}, pool sampling {c.pool_sampling}"
                 + (f", {c.clean_fraction:.0%} of each student batch clean" if c.clean_fraction else ""))
 

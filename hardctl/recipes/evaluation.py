@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ from hardctl.recipes.spec import Recipe
 from hardctl.runfiles import EVAL_FILE
 
 STANDARD = "standard"  # the --data suite: "centered" and "shifted", what a training run's summary holds
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # a TOML key that needs no quotes
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".tar", ".bin", ".ckpt")
 
 __all__ = ["EVAL_FILE", "evaluate_model", "load_scores", "preview", "row_key", "suites_for", "weights_file"]
@@ -162,7 +164,9 @@ def _aug_options(recipe: Recipe, arm_id: str) -> dict[str, Any]:
 
 def _inline(table: dict[str, Any]) -> str:
     """``{"weights": "/p", "start": 10}`` -> ``{weights = "/p", start = 10}`` (a TOML inline table for ``--set``)."""
-    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + "}"
+    # a key that is not a bare TOML key (a composition's "affine.lr") is quoted, else TOML reads it as a nested table
+    return "{" + ", ".join(f"{k if BARE_KEY.fullmatch(k) else json.dumps(k)} = {json.dumps(v)}"
+                           for k, v in table.items()) + "}"
 
 
 def describe_error(exc: HardctlError, arm_id: str) -> HardctlError:
