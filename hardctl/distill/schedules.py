@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from hardctl.config import OPTIMIZERS, SCHEDULES
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "PlateauSchedule", "lr_lambda", "make_optimizer",
+__all__ = ["OPTIMIZERS", "SCHEDULES", "PlateauSchedule", "lr_lambda", "make_optimizer", "make_schedule",
            "IMPROVED", "WAIT", "DECAY", "STOP"]
 
 SGD_MOMENTUM = 0.9
@@ -134,3 +134,15 @@ class PlateauSchedule(LRScheduler):
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int) -> LRScheduler:
+    """The run's schedule (``cfg.schedule``), stepped once per student step: warm-up of ``cfg.warmup_epochs``
+    epochs, then cosine to ``cfg.min_lr`` over ``cfg.epochs`` epochs, or the plateau schedule."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "plateau":  # appendix A.1: decays and best-weight restores in the trainer's end_epoch
+        return PlateauSchedule(optimizer, warmup_steps=warmup, patience=cfg.plateau_patience,
+                               factor=cfg.plateau_factor, max_decays=cfg.plateau_decays)
+    total, min_ratio = steps_per_epoch * cfg.epochs, cfg.min_lr / cfg.lr
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_lambda(step, warmup_steps=warmup, total_steps=total, min_ratio=min_ratio))

@@ -16,6 +16,9 @@
   pinned on CUDA. Persistent workers keep their copy of the data set, so the epoch reaches per-image
   augmentation seeds through the sampled indices instead (:class:`EpochIndices`, :class:`EpochAware`).
 
+* The student as the task calls it (:class:`StudentWrappers`): the plain module, its DDP wrapper under
+  ``torchrun`` and the compiled versions, and the switch to the bare student for the augmentor's steps.
+
 ``HARDCTL_COMPILE_BACKEND`` (or :data:`COMPILE_BACKEND`) names another ``torch.compile`` backend; the tests use
 ``eager`` to check the plumbing without a C++ compiler's minutes.
 """
@@ -23,14 +26,19 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["COMPILE_BACKEND", "PREFETCH_FACTOR", "EpochAware", "EpochIndices", "compile_module", "epoch_target",
-           "loader_options", "to_channels_last", "channels_last_modules", "worker_generator"]
+from hardctl.data.gpudecode import collate_encoded, encoded_view
+
+__all__ = ["COMPILE_BACKEND", "PREFETCH_FACTOR", "EpochAware", "EpochIndices", "StudentWrappers", "compile_module",
+           "epoch_target", "loader_options", "to_channels_last", "channels_last_modules", "training_loader",
+           "worker_generator"]
 
 COMPILE_BACKEND: str | None = None  # None: HARDCTL_COMPILE_BACKEND, else torch.compile's default (inductor)
 PREFETCH_FACTOR = 2  # batches each worker keeps ready (torch's default; float 224 px batches are large in /dev/shm)
@@ -113,3 +121,62 @@ class EpochAware(Dataset):
                 target.set_epoch(epoch)
             self.epoch = epoch
         return self.dataset[index]
+
+
+def training_loader(train_set: Dataset, cfg, sampler, *, device: torch.device, rank: int = 0,
+                    world_size: int = 1) -> tuple[DataLoader, Any]:
+    """The run's training loader over ``sampler``'s indices (this rank's ``batch_size // world_size`` rows of each
+    global batch), and the GPU decoder that ``--decode gpu`` batches need (None otherwise: the loader decodes)."""
+    decoder, collate = None, None
+    if cfg.decode == "gpu":  # batches arrive as file bytes, decoded on the device by the trainer's prepare_batch
+        train_set, decoder = encoded_view(train_set, cfg.data)
+        collate = collate_encoded
+    if cfg.workers > 0:  # persistent workers learn each epoch from the indices (per-image seeds)
+        train_set, sampler = EpochAware(train_set), EpochIndices(sampler)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size // world_size, sampler=sampler, collate_fn=collate,
+                        **loader_options(cfg.workers, device, seed=cfg.seed, rank=rank))
+    return loader, decoder
+
+
+class StudentWrappers:
+    """The student as a run's task calls it: ``--channels-last``, then under ``torchrun`` a DDP wrapper (after
+    ``--sync-bn``'s conversion) for the student's own steps, then ``--compile``. :attr:`student` is the plain
+    module, for weights files, checkpoints and evaluation (no ``module.`` or ``_orig_mod.`` prefix)."""
+
+    def __init__(self, task, cfg, *, device: torch.device, world_size: int = 1, sync_bn: bool = False):
+        self.task, self.world_size = task, world_size
+        # the module itself (a task another trainer compiled holds a wrapper)
+        self.student = task.student = getattr(task.student, "_orig_mod", task.student)
+        if cfg.channels_last:  # before DDP: its buckets take the parameters' final layout
+            channels_last_modules(self.student, getattr(task, "teacher", None))
+        if world_size > 1:
+            if sync_bn:
+                self.student = task.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            ids = [device.index or torch.cuda.current_device()] if device.type == "cuda" else None
+            self.ddp = task.student = DistributedDataParallel(self.student, device_ids=ids)
+        self.plain = self.student  # what the augmentor's steps call (no gradient sync)
+        if cfg.compile:
+            self.compile()
+
+    def compile(self) -> None:
+        """``--compile``: the task calls compiled wrappers of the student (DDP's, under DDP) and the teacher."""
+        self.plain = compile_module(self.student)
+        if self.world_size > 1:
+            self.ddp = self.task.student = compile_module(self.ddp)
+        else:
+            self.task.student = self.plain
+        teacher = getattr(self.task, "teacher", None)
+        if teacher is not None:  # a distillation task
+            self.task.teacher = compile_module(getattr(teacher, "_orig_mod", teacher))
+
+    @contextmanager
+    def plain_student(self):
+        """The task calls the bare student: the augmentor's steps must not start a DDP gradient sync."""
+        if self.world_size == 1:
+            yield
+            return
+        self.task.student = self.plain
+        try:
+            yield
+        finally:
+            self.task.student = self.ddp

@@ -27,7 +27,6 @@ Under ``torchrun`` (W ranks, :mod:`hardctl.distributed`) the same loop runs on e
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import load_model as load_weights
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from hardctl import distributed
 
 from hardctl.augment.pool import POOL_DIR
-from hardctl.data.gpudecode import EncodedBatch, collate_encoded, encoded_view
+from hardctl.data.gpudecode import EncodedBatch
 from hardctl.distill import rundir, speed
 from hardctl.distill.build import Components
 from hardctl.distill.hard import JOINT, Hard, HardSettings
@@ -50,7 +47,7 @@ from hardctl.distill.losses import hard_objective, kd_divergence
 from hardctl.distill.phases import AUGMENTOR, STUDENT
 from hardctl.distill.progress import Reporter
 from hardctl.distill.sampling import DistInfo, EpochSampler
-from hardctl.distill.schedules import DECAY, STOP, PlateauSchedule, lr_lambda, make_optimizer
+from hardctl.distill.schedules import DECAY, STOP, PlateauSchedule, make_optimizer, make_schedule
 from hardctl.distill.tasks import DistillTask
 from hardctl.distill.teachercache import CleanTeacherLogits
 from hardctl.device import autocast_for
@@ -72,47 +69,21 @@ class Trainer:
         world, main = self.dist.world_size, self.dist.is_main
         self.reporter = (reporter or Reporter()) if main else Reporter()  # one progress display: rank 0's
         self.task, self.device, self.amp = components.task, components.device, components.amp
-        # the module itself (a task another trainer compiled holds a wrapper); under DDP the task calls student_ddp
-        self.student = self.task.student = getattr(self.task.student, "_orig_mod", self.task.student)
-        if self.cfg.channels_last:  # before DDP: its buckets take the parameters' final layout
-            speed.channels_last_modules(self.student, getattr(self.task, "teacher", None))
-        if world > 1:
-            self.student_ddp = self.wrap_student(sync_bn)
-        self.student_plain = self.student  # what the augmentor's steps call (no gradient sync)
-        if self.cfg.compile:
-            self.compile_models()
+        self.wrappers = speed.StudentWrappers(self.task, self.cfg, device=self.device, world_size=world,
+                                              sync_bn=sync_bn)  # channels-last, DDP, compile
+        self.student = self.wrappers.student
         # A last batch of a single image would crash batch-norm in train mode ("Expected more than 1 value per
         # channel", e.g. ResNets whose last feature map is 1×1), and one smaller than the world leaves a rank
         # without a batch: the sampler drops only those, so step counts stay those of the full epoch otherwise.
         self.sampler = EpochSampler(len(components.data.train), seed=self.cfg.seed, dist=self.dist,
                                     batch_size=self.cfg.batch_size)
         self.share = 1.0  # this rank's fraction of the current global batch (1 in a single process)
-        self.decoder = None  # --decode gpu: batches arrive as file bytes and are decoded in prepare_batch
-        train_set, collate = components.data.train, None
-        if self.cfg.decode == "gpu":
-            train_set, self.decoder = encoded_view(train_set, self.cfg.data)
-            collate = collate_encoded
-        sampler = self.sampler
-        if self.cfg.workers > 0:  # persistent workers learn each epoch from the indices (per-image seeds)
-            train_set, sampler = speed.EpochAware(train_set), speed.EpochIndices(self.sampler)
-        self.loader = DataLoader(train_set, batch_size=self.cfg.batch_size // world, sampler=sampler,
-                                 collate_fn=collate, **speed.loader_options(self.cfg.workers, self.device,
-                                                                             seed=self.cfg.seed, rank=self.dist.rank))
+        self.loader, self.decoder = speed.training_loader(components.data.train, self.cfg, self.sampler,
+                                                          device=self.device, rank=self.dist.rank, world_size=world)
         params = self.student_params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.cfg.optimizer, params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        steps_per_epoch = len(self.loader)
-        self.total_steps = steps_per_epoch * self.cfg.epochs
-        warmup = int(round(self.cfg.warmup_epochs * steps_per_epoch))
+        self.scheduler = make_schedule(self.optimizer, self.cfg, len(self.loader))
         self.stopped_early: int | None = None  # the epoch after which the plateau schedule ended the run
-        if self.cfg.schedule == "plateau":  # appendix A.1: decays and best-weight restores in end_epoch
-            self.scheduler = PlateauSchedule(self.optimizer, warmup_steps=warmup, patience=self.cfg.plateau_patience,
-                                             factor=self.cfg.plateau_factor, max_decays=self.cfg.plateau_decays)
-        else:
-            min_ratio = self.cfg.min_lr / self.cfg.lr
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer,
-                lambda s: lr_lambda(s, warmup_steps=warmup, total_steps=self.total_steps, min_ratio=min_ratio),
-            )
         # A loss scaler only makes sense for fp16: bf16 has float32's exponent range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.epoch, self.step_count, self.best_val = 0, 0, -1.0
@@ -131,40 +102,6 @@ class Trainer:
                              if self.hard is not None and not self.hard.joint else None)
         if world > 1 and not main:  # each rank its own random stream (ε, MixUp); the student was seeded alike
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank)
-
-    def wrap_student(self, sync_bn: bool) -> DistributedDataParallel:
-        """The DDP wrapper the task calls in the student's own steps (after ``--sync-bn``'s conversion)."""
-        if sync_bn:
-            self.student = self.task.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
-        cuda = self.device.type == "cuda"
-        wrapper = DistributedDataParallel(self.student, device_ids=[self.device.index or torch.cuda.current_device()]
-                                          if cuda else None)
-        self.task.student = wrapper
-        return wrapper
-
-    def compile_models(self) -> None:
-        """``--compile``: the task calls compiled wrappers of the student (DDP's, under DDP) and the teacher; the
-        trainer keeps the plain modules for weights files, checkpoints and evaluation (no ``_orig_mod.``)."""
-        self.student_plain = speed.compile_module(self.student)
-        if self.dist.world_size > 1:
-            self.student_ddp = speed.compile_module(self.student_ddp)
-            self.task.student = self.student_ddp
-        else:
-            self.task.student = self.student_plain
-        if isinstance(self.task, DistillTask):
-            self.task.teacher = speed.compile_module(getattr(self.task.teacher, "_orig_mod", self.task.teacher))
-
-    @contextmanager
-    def plain_student(self):
-        """The task calls the bare student: the augmentor's steps must not start a DDP gradient sync."""
-        if self.dist.world_size == 1:
-            yield
-            return
-        self.task.student = self.student_plain
-        try:
-            yield
-        finally:
-            self.task.student = self.student_ddp
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -270,7 +207,7 @@ class Trainer:
         images, labels, picks = hard.draw_batch(self.components.data.train)
         images, labels = self.prepare_batch(images, labels)  # mixed like the student's
         self.student.eval()  # dropout/batch-norm must not react to the augmentor's batches
-        with autocast_for(self.device, self.amp), self.plain_student():
+        with autocast_for(self.device, self.amp), self.wrappers.plain_student():
             augmented = hard.augmentor(images)
             hard.check(images, augmented)
             out = self.task(augmented, labels, input_grad=True)  # gradients reach x̃ through both models
