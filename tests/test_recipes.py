@@ -144,14 +144,15 @@ def test_builtin_transfer_digits_resolves_to_the_papers_arms():
     assert load_recipe("transfer-fashion-mnist").defaults["data"] == "fashion-mnist"
 
 
-def test_fashion_mnist_cpu_vae_arms_differ_from_hard_affine_in_the_augmentor_only():
+@pytest.mark.parametrize("name, vae_run", [("transfer-fashion-mnist-cpu", "rqvae-fm"), ("transfer-digits", "rqvae-digits")])
+def test_transfer_vae_arms_differ_from_hard_affine_in_the_augmentor_only(name, vae_run):
     from hardctl.distill.build import resolve_config
 
-    recipe = load_recipe("transfer-fashion-mnist-cpu")
+    recipe = load_recipe(name)
     dirs = {a.id: Path(f"/runs/{a.id}") for a in recipe.arms}
     cfg = {arm.id: resolve_config(recipe.config(arm, 0, dirs)) for arm in recipe.arms}
     affine, vae, both = cfg["hard-affine"], cfg["hard-vae"], cfg["hard-vae-affine"]
-    weights = str(Path("runs/rqvae-fm/vae.safetensors").absolute())
+    weights = str(Path(f"runs/{vae_run}/vae.safetensors").absolute())
     assert (vae.augmentor, vae.aug_options["weights"], both.augmentor, both.aug_options["rqvae.weights"]) == \
         ("rqvae", weights, "rqvae+affine", weights)
     for c in (vae, both):  # the VAE's paper settings, this data set's l_min, hard-affine's cap and clean quarter
@@ -162,7 +163,7 @@ def test_fashion_mnist_cpu_vae_arms_differ_from_hard_affine_in_the_augmentor_onl
     # in the composition the warp trains as hard-affine's augmentor does, the VAE at its own 1e-4
     assert (both.aug_options["rqvae.lr"], both.aug_options["affine.lr"]) == (1e-4, affine.aug_lr)
     assert both.aug_options["affine.min_sigma"] == affine.aug_options["min_sigma"]
-    assert "hardctl vae train --arch rqvae" in recipe.augmentor_download
+    assert "hardctl vae train --arch rqvae" in recipe.augmentor_download and f"--out runs/{vae_run}" in recipe.augmentor_download
 
 
 def test_recipes_show_prints_the_file(cli):
