@@ -78,6 +78,45 @@ def test_scripted_errors_give_the_exact_phase_sequence_and_pool_growth(tmp_path,
     assert info["iteration"] == 6 and set(snapshot) == {"mean", "log_std"}
 
 
+def test_pool_entries_record_how_often_the_teacher_kept_its_prediction(tmp_path, digits_teacher, monkeypatch):
+    from hardctl.distill import hard as hard_module
+
+    # an augmentor that stays at the identity (σ 1e-6, a step of 1e-9): the teacher must keep every prediction
+    trainer = _trainer(tmp_path, digits_teacher, l_min=0.1, l_max=0.5, switch_patience=1, aug_lr=1e-9,
+                       aug_options={"sigma_init": 1e-6})
+    # student -> one augmentor step -> student -> two augmentor steps -> student
+    script = iter([0.0, 0.9, 0.0, 0.2, 0.9, 0.3])
+    monkeypatch.setattr(trainer.hard, "switching_error", lambda *args: next(script))
+    trainer.start_run()
+    images, labels = trainer.prepare_batch(*next(iter(trainer.loader)))
+    for _ in range(3):
+        trainer.train_batch(images, labels)
+    steps = read(tmp_path / "run" / "steps.jsonl")  # the augmentor steps
+    assert len(steps) == 3 and [r["teacher_kept"] for r in steps] == [1.0, 1.0, 1.0]
+    info = trainer.hard.pool.info
+    assert "teacher_kept" not in info[0]  # the identity entry was not made by an augmentor phase
+    assert [i["teacher_kept"] for i in info[1:]] == [round(steps[0]["teacher_kept"], 4), round(steps[2]["teacher_kept"], 4)]
+    assert read_entry(pool_files(tmp_path / "run")[2])[1]["teacher_kept"] == info[2]["teacher_kept"]  # in the file
+    assert trainer.hard.summary(trainer.iteration, trainer.step_count)["off_class_entries"] == 0
+    assert trainer.hard.end_warning(trainer.iteration, trainer.step_count) is None
+    monkeypatch.setattr(hard_module, "OFF_CLASS", 1.01)  # every entry counts as off-class: the run says so at the end
+    assert trainer.hard.summary(trainer.iteration, trainer.step_count)["off_class_entries"] == 2
+    warning = trainer.hard.end_warning(trainer.iteration, trainer.step_count)
+    assert warning.startswith("2 of 2 trained pool entries changed the teacher's prediction") and "--lambda-t" in warning
+
+
+def test_without_a_teacher_term_nothing_is_recorded_of_the_teacher(tmp_path, digits_teacher, monkeypatch):
+    trainer = _trainer(tmp_path, digits_teacher, l_min=0.1, l_max=0.5, switch_patience=1, lambda_t=0.0)
+    script = iter([0.0, 0.9, 0.3])  # student -> one augmentor step -> student
+    monkeypatch.setattr(trainer.hard, "switching_error", lambda *args: next(script))
+    trainer.start_run()
+    images, labels = trainer.prepare_batch(*next(iter(trainer.loader)))
+    for _ in range(2):
+        trainer.train_batch(images, labels)
+    assert "teacher_kept" not in read(tmp_path / "run" / "steps.jsonl")[0]
+    assert "off_class_entries" not in trainer.hard.summary(trainer.iteration, trainer.step_count)
+
+
 def test_one_augmentor_step_raises_the_student_teacher_loss(tmp_path, digits_teacher):
     trainer = _trainer(tmp_path, digits_teacher, lambda_t=0.0, aug_lr=1e-3, aug_batch_size=256,
                        aug_options={"sigma_init": 0.05})

@@ -44,6 +44,8 @@ from hardctl.eval.metrics import top1_correct
 __all__ = ["Hard", "HardSettings", "disagreement", "JOINT", "PHASES"]
 
 JOINT, PHASES = "joint", "phases"
+# a pool entry on whose last batch the teacher kept its clean prediction less often than this has left the class
+OFF_CLASS = 0.5
 
 
 def disagreement(student_logits: torch.Tensor, reference: torch.Tensor) -> float:
@@ -190,9 +192,30 @@ class Hard:
                 "aug_fraction": self.steps / max(1, iterations)}
 
     def summary(self, iterations: int, student_steps: int) -> dict[str, Any]:
-        return {"augmentor": self.cfg.augmentor, "mode": self.mode, "options": self.cfg.aug_options,
-                **self.stats(iterations), "student_steps": student_steps,
-                "time_s": {k: round(v, 3) for k, v in self.phase_time.items() if v}}
+        out = {"augmentor": self.cfg.augmentor, "mode": self.mode, "options": self.cfg.aug_options,
+               **self.stats(iterations), "student_steps": student_steps,
+               "time_s": {k: round(v, 3) for k, v in self.phase_time.items() if v}}
+        kept = [info["teacher_kept"] for info in self.pool.info if info.get("teacher_kept") is not None]
+        if kept:  # entries saved by augmentor phases with a teacher–teacher term (not entry 0)
+            out["off_class_entries"] = sum(k < OFF_CLASS for k in kept)
+        return out
+
+    def end_warning(self, iterations: int, student_steps: int) -> str | None:
+        """What a run that did not do what HARD is for says at its end, with the likely fix: no switch at all (the
+        augmentor never trained), or trained pool entries that left the class (the teacher changed its prediction
+        on more than half of their last batch, so the student learned the teacher's guesses on them)."""
+        c, summary = self.cfg, self.summary(iterations, student_steps)
+        if not self.joint and summary["switches"] == 0:  # the run was plain KD on the identity augmentor
+            return (f"HARD made no switch: the student's error on augmented data never stayed below l_min ({c.l_min}) "
+                    f"for {c.switch_patience} iterations, so the augmentor never trained (train longer with --epochs, "
+                    f"or raise --l-min)")
+        off_class = summary.get("off_class_entries", 0)
+        if off_class:
+            return (f"{off_class} of {summary['pool_size'] - 1} trained pool entries changed the teacher's prediction "
+                    f"on more than half of their last batch: they left the class, and the student learned the "
+                    f"teacher's guesses on them (see augmentations.png; a larger --lambda-t or a lower --aug-lr holds "
+                    f"the augmentor closer)")
+        return None
 
     def describe(self) -> str:
         c = self.cfg

@@ -42,7 +42,7 @@ from hardctl.augment.pool import POOL_DIR
 from hardctl.data.gpudecode import EncodedBatch
 from hardctl.distill import rundir, speed
 from hardctl.distill.build import Components
-from hardctl.distill.hard import JOINT, Hard, HardSettings
+from hardctl.distill.hard import JOINT, Hard, HardSettings, disagreement
 from hardctl.distill.losses import hard_objective, kd_divergence
 from hardctl.distill.phases import AUGMENTOR, STUDENT
 from hardctl.distill.progress import Reporter
@@ -151,7 +151,8 @@ class Trainer:
         while True:
             record = self.augmentor_step()
             error = record["aug_error"]
-            ended = hard.augmentor_stepped(error, self.iteration, step=self.step_count, epoch=self.epoch + 1)
+            kept = {"teacher_kept": round(record["teacher_kept"], 4)} if "teacher_kept" in record else {}
+            ended = hard.augmentor_stepped(error, self.iteration, step=self.step_count, epoch=self.epoch + 1, **kept)
             self.log_step({**record, "pool_size": len(hard.pool)}, progress=False)
             if ended == "switch":
                 self.log(f"iteration {self.iteration}: student error {error:.3f} above l_max {cfg.l_max} for "
@@ -213,8 +214,9 @@ class Trainer:
             out = self.task(augmented, labels, input_grad=True)  # gradients reach x̃ through both models
             l_st = self.augmentor_kd(out)
             # the invariance term needs the teacher on the clean batch too: skipped when λ_t = 0
-            l_tt = (self.task.invariance(out["teacher_logits"], self.clean_teacher_logits(images, picks),
-                                         temperature=cfg.aug_temperature) if cfg.lambda_t else torch.zeros(()))
+            clean = self.clean_teacher_logits(images, picks) if cfg.lambda_t else None
+            l_tt = (self.task.invariance(out["teacher_logits"], clean, temperature=cfg.aug_temperature)
+                    if clean is not None else torch.zeros(()))
         self.student.train()
         loss = -hard_objective(l_st, l_tt.to(l_st.device), lambda_s=cfg.lambda_s, lambda_t=cfg.lambda_t)
         self.check_finite(loss, "the augmentor's loss")
@@ -228,6 +230,8 @@ class Trainer:
             "iter": self.iteration, "step": self.step_count, "epoch": self.epoch + 1, "phase": AUGMENTOR,
             "loss": float(loss.detach()), "l_st": float(l_st.detach()), "l_tt": float(l_tt.detach()),
             "aug_error": hard.switching_error(out["logits"], out["teacher_logits"], labels), "pool_size": len(hard.pool),
+            # how often the teacher still predicts what it does on the clean image (what L_tt asks for)
+            **({"teacher_kept": 1.0 - disagreement(out["teacher_logits"], clean)} if clean is not None else {}),
         }, 1.0 / self.dist.world_size)
 
     def clean_teacher_logits(self, images: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
@@ -506,12 +510,10 @@ class Trainer:
                                "pool_dir": str(self.run_dir / POOL_DIR)}
             self.log(f"HARD: {stats['switches']} switches, pool of {stats['pool_size']}, "
                      f"{100 * stats['aug_fraction']:.1f}% of iterations in augmentor phases")
-            if not self.hard.joint and stats["switches"] == 0:  # the run was plain KD on the identity augmentor
-                summary["hard"]["warning"] = (
-                    f"HARD made no switch: the student's error on augmented data never stayed below l_min "
-                    f"({self.cfg.l_min}) for {self.cfg.switch_patience} iterations, so the augmentor never trained "
-                    f"(train longer with --epochs, or raise --l-min)")
-                self.log(summary["hard"]["warning"])
+            warning = self.hard.end_warning(self.iteration, self.step_count)
+            if warning:
+                summary["hard"]["warning"] = warning
+                self.log(warning)
         self.log(f"done: test acc {summary['student']['test_acc']:.2f}%, shifted {summary['student']['shifted_acc']:.2f}%")
         return summary
 
