@@ -28,20 +28,12 @@ from hardctl.augment.pool import pool_files, read_entry
 from hardctl.config import RunConfig
 from hardctl.data import load_data
 from hardctl.models import InputNormalize, load_model
+from hardctl.visualize.grid import augmentation_columns
 
 
 def predictions(model, normalize, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(normalize(images[i:i + batch])).argmax(1) for i in range(0, len(images), batch)])
-
-
-def augmented(augmentor, snapshot, images: torch.Tensor, seed: int, batch: int = 500) -> torch.Tensor:
-    out = []
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        for i in range(0, len(images), batch):
-            out.append(augmentor.forward_with(snapshot, images[i:i + batch]).float().clamp(0.0, 1.0))
-    return torch.cat(out)
 
 
 def measure(run_dir: Path, *, limit: int | None = None, seed: int = 0) -> dict:
@@ -62,7 +54,7 @@ def measure(run_dir: Path, *, limit: int | None = None, seed: int = 0) -> dict:
     rows = []
     for index, path in enumerate(pool_files(run_dir)):
         snapshot, info = read_entry(path, "cpu")
-        x = augmented(augmentor, snapshot, images, seed)
+        x = augmentation_columns(augmentor, images, [(snapshot, info)], seed=seed)[0][1]  # the grid's draw
         t, s = predictions(teacher, t_norm, x), predictions(student, s_norm, x)
         rows.append({"entry": index, "reason": info.get("reason", ""), "epoch": info.get("epoch"),
                      "teacher_acc": 100 * float((t == labels).float().mean()),

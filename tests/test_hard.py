@@ -98,10 +98,10 @@ def test_pool_entries_record_how_often_the_teacher_kept_its_prediction(tmp_path,
     assert [i["teacher_kept"] for i in info[1:]] == [round(steps[0]["teacher_kept"], 4), round(steps[2]["teacher_kept"], 4)]
     assert read_entry(pool_files(tmp_path / "run")[2])[1]["teacher_kept"] == info[2]["teacher_kept"]  # in the file
     assert trainer.hard.summary(trainer.iteration, trainer.step_count)["off_class_entries"] == 0
-    assert trainer.hard.end_warning(trainer.iteration, trainer.step_count) is None
+    assert trainer.hard.end_warning() is None
     monkeypatch.setattr(hard_module, "OFF_CLASS", 1.01)  # every entry counts as off-class: the run says so at the end
     assert trainer.hard.summary(trainer.iteration, trainer.step_count)["off_class_entries"] == 2
-    warning = trainer.hard.end_warning(trainer.iteration, trainer.step_count)
+    warning = trainer.hard.end_warning()
     assert warning.startswith("2 of 2 trained pool entries changed the teacher's prediction") and "--lambda-t" in warning
 
 

@@ -158,7 +158,8 @@ class Hard:
             return True
         return False
 
-    def augmentor_stepped(self, error: float, iteration: int, **where: Any) -> str | None:
+    def augmentor_stepped(self, error: float, iteration: int, *, teacher_kept: float | None = None,
+                          **where: Any) -> str | None:
         """Count an augmentor step and feed its error to the switch. When the phase ends — the error stayed
         above ``l_max`` (``"switch"``) or ``max_aug_steps`` ran out (``"step cap"``) — the augmentor joins the
         pool and the reason is returned; otherwise ``None``."""
@@ -171,6 +172,8 @@ class Hard:
             reason = "step cap"
         else:
             return None
+        if teacher_kept is not None:  # the entry remembers whether its last batch kept the teacher's predictions
+            where["teacher_kept"] = round(teacher_kept, 4)
         self.save(reason, iteration=iteration, **where)
         return reason
 
@@ -195,23 +198,29 @@ class Hard:
         out = {"augmentor": self.cfg.augmentor, "mode": self.mode, "options": self.cfg.aug_options,
                **self.stats(iterations), "student_steps": student_steps,
                "time_s": {k: round(v, 3) for k, v in self.phase_time.items() if v}}
-        kept = [info["teacher_kept"] for info in self.pool.info if info.get("teacher_kept") is not None]
-        if kept:  # entries saved by augmentor phases with a teacher–teacher term (not entry 0)
-            out["off_class_entries"] = sum(k < OFF_CLASS for k in kept)
+        off_class = self.off_class_entries()
+        if off_class is not None:
+            out["off_class_entries"] = off_class
         return out
 
-    def end_warning(self, iterations: int, student_steps: int) -> str | None:
+    def off_class_entries(self) -> int | None:
+        """How many pool entries changed the teacher's prediction on more than half of their last batch; None
+        where no entry recorded it (no teacher–teacher term, or no augmentor phase yet)."""
+        kept = [info["teacher_kept"] for info in self.pool.info if info.get("teacher_kept") is not None]
+        return sum(k < OFF_CLASS for k in kept) if kept else None
+
+    def end_warning(self) -> str | None:
         """What a run that did not do what HARD is for says at its end, with the likely fix: no switch at all (the
         augmentor never trained), or trained pool entries that left the class (the teacher changed its prediction
         on more than half of their last batch, so the student learned the teacher's guesses on them)."""
-        c, summary = self.cfg, self.summary(iterations, student_steps)
-        if not self.joint and summary["switches"] == 0:  # the run was plain KD on the identity augmentor
+        c = self.cfg
+        if not self.joint and self.switch.switches == 0:  # the run was plain KD on the identity augmentor
             return (f"HARD made no switch: the student's error on augmented data never stayed below l_min ({c.l_min}) "
                     f"for {c.switch_patience} iterations, so the augmentor never trained (train longer with --epochs, "
                     f"or raise --l-min)")
-        off_class = summary.get("off_class_entries", 0)
+        off_class = self.off_class_entries()
         if off_class:
-            return (f"{off_class} of {summary['pool_size'] - 1} trained pool entries changed the teacher's prediction "
+            return (f"{off_class} of {len(self.pool) - 1} trained pool entries changed the teacher's prediction "
                     f"on more than half of their last batch: they left the class, and the student learned the "
                     f"teacher's guesses on them (see augmentations.png; a larger --lambda-t or a lower --aug-lr holds "
                     f"the augmentor closer)")

@@ -151,8 +151,8 @@ class Trainer:
         while True:
             record = self.augmentor_step()
             error = record["aug_error"]
-            kept = {"teacher_kept": round(record["teacher_kept"], 4)} if "teacher_kept" in record else {}
-            ended = hard.augmentor_stepped(error, self.iteration, step=self.step_count, epoch=self.epoch + 1, **kept)
+            ended = hard.augmentor_stepped(error, self.iteration, teacher_kept=record.get("teacher_kept"),
+                                           step=self.step_count, epoch=self.epoch + 1)
             self.log_step({**record, "pool_size": len(hard.pool)}, progress=False)
             if ended == "switch":
                 self.log(f"iteration {self.iteration}: student error {error:.3f} above l_max {cfg.l_max} for "
@@ -510,7 +510,7 @@ class Trainer:
                                "pool_dir": str(self.run_dir / POOL_DIR)}
             self.log(f"HARD: {stats['switches']} switches, pool of {stats['pool_size']}, "
                      f"{100 * stats['aug_fraction']:.1f}% of iterations in augmentor phases")
-            warning = self.hard.end_warning(self.iteration, self.step_count)
+            warning = self.hard.end_warning()
             if warning:
                 summary["hard"]["warning"] = warning
                 self.log(warning)
