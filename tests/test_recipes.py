@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -142,6 +143,23 @@ def test_builtin_transfer_digits_resolves_to_the_papers_arms():
     fixed = configs["hard-affine-fixed"]  # the ablation: the same arm with the augmentor never trained
     assert (fixed.l_min, fixed.clean_fraction, fixed.augmentor) == (0.0, 0.25, "affine")
     assert load_recipe("transfer-fashion-mnist").defaults["data"] == "fashion-mnist"
+
+
+def test_transfer_fashion_mnist_cpu_runs_the_studys_choice():
+    """The recipe runs what docs/results/study-fashion-mnist-r18.toml chose on validation data: a ResNet-18
+    teacher (its final weights), three quarters of each HARD student batch clean, and the ablation row that differs
+    from hard-affine only in never training the augmentor."""
+    recipe = load_recipe("transfer-fashion-mnist-cpu")
+    configs = {arm.id: recipe.config(arm, 0, {a.id: Path(f"/runs/{a.id}") for a in recipe.arms}) for arm in recipe.arms}
+    teacher = configs["teacher"]
+    assert (teacher.model, teacher.epochs, teacher.lr, teacher.select, teacher.augment) == \
+        ("resnet18", 15, 2e-3, "last", "shift")
+    hard, fixed = configs["hard-affine"], configs["hard-affine-fixed"]
+    assert (hard.l_min, hard.l_max, hard.aug_lr, hard.max_aug_steps, hard.clean_fraction, hard.aug_options) == \
+        (0.3, 0.6, 0.02, 50, 0.75, {"min_sigma": 0.05})
+    assert fixed.l_min == 0.0 and dataclasses.replace(fixed, l_min=hard.l_min) == hard
+    assert {configs[arm].teacher for arm in ("kd", "kd-random-affine", "hard-affine", "hard-affine-fixed")} == \
+        {"/runs/teacher"}
 
 
 @pytest.mark.parametrize("name, vae_run", [("transfer-fashion-mnist-cpu", "rqvae-fm"), ("transfer-digits", "rqvae-digits")])
