@@ -6,6 +6,8 @@ Importing this module registers these architectures so that ``timm.create_model`
 * ``hard_mnist_cnn``: the MNIST teacher CNN of the orbit-transfer recipes HARD reuses
   (three unpadded 3x3 convolutions, global average pooling, one linear layer; no batch norm).
 * ``hard_mnist_mlp``: the MLP student (512/128/32 hidden units, bias-free output layer).
+* ``hard_mnist_mlp_wide``: the same MLP at 1024/512/128 hidden units, a student with room for augmented
+  images next to clean ones (the Fashion-MNIST transfer study's student).
 * ``hard_vit_mnist``: a small ViT for 28x28 digits, built from timm's ``VisionTransformer``.
 * ``hard_resnet18_cifar``: ResNet-18 for 32x32 images (3x3 stride-1 stem, no max-pool), timm's ``ResNet``.
 * ``hard_vit_cifar``: the paper's CIFAR ViT (6 layers, 8 heads, width 512), timm's ``VisionTransformer``.
@@ -248,6 +250,7 @@ default_cfgs = generate_default_cfgs(
         # first_conv=None: the first layer is a Linear over flattened pixels, and timm must not try to
         # adapt it as a convolution stem when in_chans changes
         "hard_mnist_mlp": _cfg(first_conv=None, classifier="head", fixed_input_size=True),
+        "hard_mnist_mlp_wide": _cfg(first_conv=None, classifier="head", fixed_input_size=True),
         # position embeddings tie a ViT to its grid size, hence fixed_input_size
         "hard_vit_mnist": _cfg(first_conv="patch_embed.proj", classifier="head", fixed_input_size=True),
         "hard_resnet18_cifar": _cfg(input_size=(3, 32, 32), pool_size=(4, 4), mean=CIFAR10_MEAN, std=CIFAR10_STD,
@@ -268,6 +271,13 @@ def hard_mnist_cnn(pretrained: bool = False, **kwargs: Any) -> MnistCNN:
 def hard_mnist_mlp(pretrained: bool = False, **kwargs: Any) -> MnistMLP:
     """MNIST student MLP (512-128-32, bias-free output layer)."""
     return build_model_with_cfg(MnistMLP, "hard_mnist_mlp", pretrained, **kwargs)
+
+
+@register_model
+def hard_mnist_mlp_wide(pretrained: bool = False, **kwargs: Any) -> MnistMLP:
+    """The MNIST student MLP at 1024-512-128: its 32-unit bottleneck leaves little room to fit augmented images."""
+    kwargs.setdefault("widths", (1024, 512, 128))
+    return build_model_with_cfg(MnistMLP, "hard_mnist_mlp_wide", pretrained, **kwargs)
 
 
 @register_model

@@ -29,7 +29,7 @@ from hardctl.models import (
     save_model,
 )
 
-HARD_MODELS = ("hard_mnist_cnn", "hard_mnist_mlp", "hard_vit_mnist")
+HARD_MODELS = ("hard_mnist_cnn", "hard_mnist_mlp", "hard_mnist_mlp_wide", "hard_vit_mnist")
 
 
 def _same_outputs(a: torch.nn.Module, b: torch.nn.Module, shape: tuple[int, ...]) -> bool:
@@ -103,6 +103,14 @@ def test_mlp_widths_and_bias_free_head() -> None:
     assert [model.fc1.out_features, model.fc2.out_features, model.fc3.out_features] == [512, 128, 32]
     assert model.head.bias is None and model.head.in_features == 32
     assert all(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in (model.drop1, model.drop2, model.drop3))
+
+
+def test_wide_mlp_is_the_same_mlp_at_1024_512_128() -> None:
+    model, info = create_model("mnist_mlp_wide", num_classes=10, in_chans=1, img_size=28)
+    assert info.arch == "hard_mnist_mlp_wide" and model.fc1.in_features == 28 * 28
+    assert [model.fc1.out_features, model.fc2.out_features, model.fc3.out_features] == [1024, 512, 128]
+    assert model.head.bias is None and model.head.in_features == 128
+    assert sum(p.numel() for p in model.parameters()) == 784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 128 + 128 + 1280
 
 
 def test_vit_shape_uses_standard_head_dim() -> None:

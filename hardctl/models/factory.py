@@ -51,6 +51,7 @@ ALIASES: dict[str, str] = {
     "resnet101": "resnet101",
     "mnist_cnn": "hard_mnist_cnn",
     "mnist_mlp": "hard_mnist_mlp",
+    "mnist_mlp_wide": "hard_mnist_mlp_wide",
     "mnist_vit": "hard_vit_mnist",
     "resnet18_cifar": "hard_resnet18_cifar",
     "vit_cifar": "hard_vit_cifar",
