@@ -147,8 +147,8 @@ def test_builtin_transfer_digits_resolves_to_the_papers_arms():
 
 def test_transfer_fashion_mnist_cpu_runs_the_studys_choice():
     """The recipe runs what docs/results/study-fashion-mnist-r18.toml chose on validation data: a ResNet-18
-    teacher (its final weights), three quarters of each HARD student batch clean, and the ablation row that differs
-    from hard-affine only in never training the augmentor."""
+    teacher (its final weights), the wide MLP student in every arm, seven eighths of each HARD student batch clean,
+    and the ablation row that differs from hard-affine only in never training the augmentor."""
     recipe = load_recipe("transfer-fashion-mnist-cpu")
     configs = {arm.id: recipe.config(arm, 0, {a.id: Path(f"/runs/{a.id}") for a in recipe.arms}) for arm in recipe.arms}
     teacher = configs["teacher"]
@@ -156,7 +156,8 @@ def test_transfer_fashion_mnist_cpu_runs_the_studys_choice():
         ("resnet18", 15, 2e-3, "last", "shift")
     hard, fixed = configs["hard-affine"], configs["hard-affine-fixed"]
     assert (hard.l_min, hard.l_max, hard.aug_lr, hard.max_aug_steps, hard.clean_fraction, hard.aug_options) == \
-        (0.3, 0.6, 0.02, 50, 0.75, {"min_sigma": 0.05})
+        (0.3, 0.6, 0.02, 50, 0.875, {"min_sigma": 0.05})
+    assert {c.model for arm, c in configs.items() if arm != "teacher"} == {"mnist_mlp_wide"}
     assert fixed.l_min == 0.0 and dataclasses.replace(fixed, l_min=hard.l_min) == hard
     assert {configs[arm].teacher for arm in ("kd", "kd-random-affine", "hard-affine", "hard-affine-fixed")} == \
         {"/runs/teacher"}
@@ -173,7 +174,7 @@ def test_transfer_vae_arms_differ_from_hard_affine_in_the_augmentor_only(name, v
     weights = str(Path(f"runs/{vae_run}/vae.safetensors").absolute())
     assert (vae.augmentor, vae.aug_options["weights"], both.augmentor, both.aug_options["rqvae.weights"]) == \
         ("rqvae", weights, "rqvae+affine", weights)
-    for c in (vae, both):  # the VAE's paper settings, this data set's l_min, hard-affine's cap and clean quarter
+    for c in (vae, both):  # the VAE's paper settings, this data set's l_min, hard-affine's cap and clean fraction
         assert (c.aug_lr, c.aug_batch_size, c.l_max, c.switch_patience) == (1e-4, 160, 0.6, 5)
         assert (c.l_min, c.max_aug_steps, c.clean_fraction) == (affine.l_min, affine.max_aug_steps, affine.clean_fraction)
         assert (c.teacher, c.model, c.epochs, c.lr, c.temperature) == \
