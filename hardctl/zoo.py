@@ -275,7 +275,7 @@ def hard_mnist_mlp(pretrained: bool = False, **kwargs: Any) -> MnistMLP:
 
 @register_model
 def hard_mnist_mlp_wide(pretrained: bool = False, **kwargs: Any) -> MnistMLP:
-    """The MNIST student MLP at 1024-512-128: its 32-unit bottleneck leaves little room to fit augmented images."""
+    """The MNIST student MLP at 1024-512-128: the paper's 32-unit bottleneck leaves little room for augmented images."""
     kwargs.setdefault("widths", (1024, 512, 128))
     return build_model_with_cfg(MnistMLP, "hard_mnist_mlp_wide", pretrained, **kwargs)
 
